@@ -1,0 +1,5 @@
+"""`python -m aetool` runs the command line."""
+
+from aetool.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""What every command shares: consoles, options, error handling, interrupts, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from aetool.errors import AetoolError
+
+stderr = Console(stderr=True)
+stdout = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by several commands.
+RunsOption = Annotated[
+    Path | None,
+    typer.Option("--runs", envvar="AETOOL_RUNS", help="Workspace folder holding the runs.",
+                 show_default="runs"),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="AETOOL_DATA", help="Folder with MNIST/raw etc.",
+                 show_default="the user's cache folder"),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+]
+DatasetOption = Annotated[
+    str, typer.Option("--dataset", help="mnist or fashion-mnist.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable results on stdout.")
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear sentence on stderr and return the Exit to raise."""
+    stderr.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def handle_errors(func: F) -> F:
+    """Turn AetoolError into one line and exit 1; Ctrl-C / SIGTERM into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        except ValueError:  # not the main thread (e.g. some test runners)
+            previous = None
+        try:
+            return func(*args, **kwargs)
+        except AetoolError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            stderr.print("[yellow]Interrupted.[/] Finished work is saved.")
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """JSON on stdout, nothing else, so `--json` output pipes cleanly."""
+    from aetool.runs import _jsonable
+
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def progress_bar(*extra_columns: Any, transient: bool = False) -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=transient,
+    )
+
+
+@contextmanager
+def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress callback for data downloads, shown only if a download happens."""
+    progress: Progress | None = None
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int | None) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = Progress(
+                TextColumn("[bold]downloading {task.description}"), BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} bytes"),
+                console=stderr, transient=True,
+            )
+            progress.start()
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done)
+
+    try:
+        yield update
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def not_built(name: str) -> None:
+    raise fail(f"`aetool {name}` is not built yet in this version.")

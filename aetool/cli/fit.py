@@ -1,0 +1,189 @@
+"""`aetool fit`: train one autoencoder with early stopping into a run folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TextColumn
+from rich.table import Table
+
+from aetool import runs
+from aetool.cli.app import app
+from aetool.cli.common import (
+    DataDirOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    RunsOption,
+    download_progress,
+    handle_errors,
+    print_json,
+    progress_bar,
+    stderr,
+)
+from aetool.training import PRESETS, FitResult, preset_config, resume_config
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise typer.BadParameter("must be positive")
+    return value
+
+
+def _non_negative(value: float | None) -> float | None:
+    if value is not None and value < 0:
+        raise typer.BadParameter("must be zero or more")
+    return value
+
+
+def _at_least_one(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise typer.BadParameter("must be at least 1")
+    return value
+
+
+def _preset(value: str) -> str:
+    if value not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+    return value
+
+
+@app.command()
+@handle_errors
+def fit(
+    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=_at_least_one)] = 4,
+    preset: Annotated[
+        str, typer.Option(help=f"Starting settings: {', '.join(PRESETS)}.", callback=_preset)
+    ] = "report",
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", callback=_positive)] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="Adam weight decay.", callback=_non_negative)
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size.", callback=_at_least_one)
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Most epochs to train.", callback=_at_least_one)
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Early-stopping window in epochs (0: off).", callback=_non_negative),
+    ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Stop once val loss moved less than this over the window.",
+                     callback=_non_negative),
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="Learning-rate schedule: constant or cosine.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
+    noise: Annotated[
+        str | None,
+        typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3."),
+    ] = None,
+    from_search: Annotated[
+        bool, typer.Option("--from-search", help="Use the best lr and weight decay found by "
+                           "`aetool search` for this ED.")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option(help="Run folder name in the workspace.", show_default="ed{ED}")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing run folder.")
+    ] = False,
+    device: DeviceOption = "auto",
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    runs_root: RunsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train an autoencoder with early stopping; keep its checkpoint, history and settings."""
+    if resume and force:
+        raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
+    if schedule is not None and schedule not in ("constant", "cosine"):
+        raise typer.BadParameter("must be constant or cosine", param_hint="--schedule")
+    root = runs_root if runs_root is not None else runs.default_runs_root()
+    run_dir = root / (name or f"ed{ed}")
+    if from_search:
+        from aetool.search import best_setting
+
+        best = best_setting(root, ed)
+        lr = lr if lr is not None else best["lr"]
+        weight_decay = weight_decay if weight_decay is not None else best["weight_decay"]
+    if resume:
+        config = resume_config(run_dir, max_epochs=max_epochs, device=device)
+    else:
+        config = preset_config(
+            preset, ed=ed, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+            max_epochs=max_epochs, patience=patience, tolerance=tolerance, schedule=schedule,
+            seed=seed, device=device, dataset=dataset, noise=noise,
+        )
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+    result = train_with_progress(config, run_dir, data_dir=data_dir, resume=resume)
+    if json_output:
+        print_json(summary(result))
+    else:
+        stderr.print(summary_table(result))
+        stderr.print(f"Run saved in [bold]{run_dir}[/]")
+
+
+def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, resume: bool = False,
+                        label: str | None = None) -> FitResult:
+    """`training.fit` with a rich progress bar on stderr (epochs, losses, time left)."""
+    from aetool.training import fit as fit_model
+
+    label = label or f"fit ED={config.ed}"
+    with progress_bar(TextColumn("{task.fields[losses]}")) as progress:
+        task = progress.add_task(label, total=config.max_epochs, losses="")
+
+        def on_epoch(record, cfg) -> None:
+            progress.update(
+                task, completed=record.epoch,
+                losses=f"train {record.train_loss:.5f} val {record.val_loss:.5f}",
+            )
+
+        with download_progress() as data_progress:
+            result = fit_model(config, run_dir, data_dir=data_dir, resume=resume,
+                               on_epoch=on_epoch, data_progress=data_progress)
+        progress.update(task, total=len(result.history), completed=len(result.history))
+    return result
+
+
+def summary(result: FitResult) -> dict:
+    return {
+        "run": str(result.run_dir),
+        "ed": result.config.ed,
+        "epochs": len(result.history),
+        "stopped_early": result.stopped_early,
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "test_mse": result.test_mse,
+        "seconds": result.seconds,
+        "device": result.device,
+        "config": result.metrics.get("config") or vars(result.config),
+    }
+
+
+def summary_table(result: FitResult) -> Table:
+    table = Table(title=f"aetool fit: ED={result.config.ed}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("epochs", f"{len(result.history)}" + (" (stopped early)" if result.stopped_early else "")),
+        ("best epoch", str(result.best_epoch)),
+        ("best validation MSE", f"{result.best_val_loss:.6f}"),
+        ("test MSE", f"{result.test_mse:.6f}"),
+        ("training time", f"{result.seconds:.1f} s ({result.device})"),
+        ("lr / weight decay", f"{result.config.lr:g} / {result.config.weight_decay:g}"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

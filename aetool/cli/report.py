@@ -1,0 +1,10 @@
+"""`aetool report` (not built yet)."""
+
+from aetool.cli.app import app
+from aetool.cli.common import not_built
+
+
+@app.command()
+def report() -> None:
+    """Not built yet."""
+    not_built("report")
