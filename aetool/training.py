@@ -229,6 +229,9 @@ def fit(
     config.validate()
     device = resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
+    state = None
+    if run_dir is not None:  # refuse early, before any data is loaded
+        state = _load_state(run_dir, config) if resume else _check_fresh(run_dir)
     if split is None:
         data = load_dataset(config.dataset, data_dir, device, data_progress)
         split = split_train_val(data, config.val_size, config.split_seed)
@@ -250,8 +253,7 @@ def fit(
     best_val, best_epoch, elapsed = math.inf, 0, 0.0
 
     if run_dir is not None:
-        if resume:
-            state = _load_state(run_dir, config)
+        if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             shuffle.set_state(state["shuffle"])
@@ -259,8 +261,6 @@ def fit(
             history = [EpochRecord(**r) for r in state["history"]]
             best_val, best_epoch = state["best_val"], state["best_epoch"]
             elapsed = state["seconds"]
-        else:
-            _check_fresh(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.save_json(run_dir / runs.CONFIG, asdict(config))
 

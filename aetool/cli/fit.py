@@ -80,6 +80,9 @@ def fit(
     schedule: Annotated[
         str | None, typer.Option(help="Learning-rate schedule: constant or cosine.")
     ] = None,
+    val_size: Annotated[
+        int, typer.Option(help="Training images held out for validation.", callback=_at_least_one)
+    ] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
     noise: Annotated[
         str | None,
@@ -123,7 +126,7 @@ def fit(
         config = preset_config(
             preset, ed=ed, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
             max_epochs=max_epochs, patience=patience, tolerance=tolerance, schedule=schedule,
-            seed=seed, device=device, dataset=dataset, noise=noise,
+            seed=seed, device=device, dataset=dataset, noise=noise, val_size=val_size,
         )
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
