@@ -232,6 +232,7 @@ def fit(
     state = None
     if run_dir is not None:  # refuse early, before any data is loaded
         state = _load_state(run_dir, config) if resume else _check_fresh(run_dir)
+    noise = noise if noise is not None else _resolve_noise(config.noise)
     if split is None:
         data = load_dataset(config.dataset, data_dir, device, data_progress)
         split = split_train_val(data, config.val_size, config.split_seed)
@@ -242,7 +243,6 @@ def fit(
             split.train_labels, split.val_labels, split.test_labels,
         )))
         checksum = None
-    noise = noise if noise is not None else _resolve_noise(config.noise)
 
     torch.manual_seed(config.seed)
     model = Autoencoder(config.ed).to(device)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from aetool import runs
 from aetool.cli.app import app
+from aetool.cli.noises import check_noise_option
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
@@ -86,7 +87,8 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
     noise: Annotated[
         str | None,
-        typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3."),
+        typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3.",
+                     callback=check_noise_option),
     ] = None,
     from_search: Annotated[
         bool, typer.Option("--from-search", help="Use the best lr and weight decay found by "

@@ -1,10 +1,95 @@
-"""`aetool noises` (not built yet)."""
+"""`aetool noises`: list every registered noise with its plugin, parameters and defaults.
+
+Also the helpers other commands use to read `--noise` specs: plugin warnings printed once on
+stderr, and bad specs turned into a usage error (exit 2) that lists what exists.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import typer
+from rich.table import Table
 
 from aetool.cli.app import app
-from aetool.cli.common import not_built
+from aetool.cli.common import JsonOption, handle_errors, print_json, stderr
+from aetool.errors import AetoolError
+from aetool.plugins import PluginWarning
+
+T = TypeVar("T")
+
+
+def with_plugin_warnings(load: Callable[[], T]) -> T:
+    """Run `load` (which may load plugins) and print any plugin warnings on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        result = load()
+    for warning in caught:
+        if issubclass(warning.category, PluginWarning):
+            stderr.print(f"[yellow]Warning:[/] {warning.message}", highlight=False,
+                         soft_wrap=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+    return result
+
+
+def parse_noise_option(specs: Sequence[str], param_hint: str = "'--noise'") -> list[Any]:
+    """`--noise` values -> configured noises; a bad spec is a usage error (exit 2)."""
+    from aetool.noises import parse_noise_specs
+
+    try:
+        return with_plugin_warnings(lambda: parse_noise_specs(list(specs)))
+    except AetoolError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
+
+
+def check_noise_option(value: str | None) -> str | None:
+    """A Typer callback for a single `--noise` (e.g. `aetool fit`): exactly one known noise."""
+    if value:
+        from aetool.noises import build_noise
+
+        try:
+            with_plugin_warnings(lambda: build_noise(value))
+        except AetoolError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def noises_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="aetool noises")
+    table.add_column("name", style="bold")
+    table.add_column("plugin", overflow="fold")
+    table.add_column("parameters (type = default)")
+    table.add_column("description")
+    for row in rows:
+        params = "\n".join(
+            f"{p['name']}: {'|'.join(p['choices']) if p['choices'] else p['type']}"
+            f" = {_show(p['default'])}" for p in row["params"]
+        )
+        plugin = row["plugin"] + (f"\n({row['package']})" if row["package"] else "")
+        table.add_row(row["name"], plugin, params or "-", row["description"])
+    return table
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @app.command()
-def noises() -> None:
-    """Not built yet."""
-    not_built("noises")
+@handle_errors
+def noises(json_output: JsonOption = False) -> None:
+    """List the registered noises: name, plugin, parameters with defaults, description.
+
+    Use them as NAME or NAME:param=value,... in `aetool corrupt --noise` and
+    `aetool fit --noise`; `original` (no noise) is always available.
+    """
+    from aetool.noises import describe_noises
+
+    rows = with_plugin_warnings(describe_noises)
+    if json_output:
+        print_json(rows)
+    else:
+        stderr.print(noises_table(rows))

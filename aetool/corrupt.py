@@ -1,0 +1,161 @@
+"""Reconstruction error under noise (the report's Table 1) and the example image grid.
+
+For each configured noise: corrupt every clean test image, reconstruct it, and measure the MSE
+against the clean image, over the whole test set in batches on the model's device. Each noise
+gets its own generator seeded with `seed`, so every row is reproducible on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aetool import runs
+from aetool.data import to_float
+from aetool.noises import ConfiguredNoise
+from aetool.training import evaluate, make_generator
+
+NOISE_TABLE = "noise_table.json"
+NOISE_EXAMPLES = "noise_examples.png"
+
+RowCallback = Callable[[dict[str, Any]], None]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def noise_table(
+    model: torch.nn.Module,
+    test_images: torch.Tensor,
+    noises: Sequence[ConfiguredNoise],
+    seed: int = 42,
+    batch_size: int = 1000,
+    on_row: RowCallback | None = None,
+) -> list[dict[str, Any]]:
+    """One row per noise: {"label", "noise", "params", "mse"}, the MSE between the
+    reconstruction of the corrupted uint8 `test_images` and the clean images."""
+    device = model_device(model)
+    images = test_images.to(device)
+    rows = []
+    for noise in noises:
+        generator = make_generator(device, seed)
+        mse = evaluate(model, images, batch_size, noise, generator)
+        row = {**noise.as_dict(), "mse": mse}
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+@torch.no_grad()
+def render_examples(
+    model: torch.nn.Module,
+    test_images: torch.Tensor,
+    noises: Sequence[ConfiguredNoise],
+    path: Path | str,
+    seed: int = 42,
+    count: int = 3,
+    title: str | None = None,
+) -> Path:
+    """A PNG grid: one row per noise, and for each of the first `count` test images its clean,
+    corrupted and reconstructed versions side by side. Written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    device = model_device(model)
+    clean = to_float(test_images[:count].to(device))
+    count = clean.shape[0]
+    was_training = model.training
+    model.eval()
+    panels = []
+    for noise in noises:
+        corrupted = noise(clean, make_generator(device, seed))
+        panels.append((noise.label, corrupted.cpu(), model(corrupted).cpu()))
+    model.train(was_training)
+    clean = clean.cpu()
+
+    # One mosaic image (fast to draw): tiles of clean | corrupted | reconstructed per image.
+    side, pad = clean.shape[-1], 2
+    tiles = torch.stack([
+        torch.stack([image for k in range(count)
+                     for image in (clean[k], corrupted[k], reconstructed[k])])
+        for _, corrupted, reconstructed in panels
+    ])[:, :, 0].clamp(0, 1)  # (rows, 3 * count, H, W)
+    rows, columns = tiles.shape[:2]
+    padded = torch.nn.functional.pad(tiles, (pad, pad, pad, pad), value=1.0)
+    mosaic = padded.permute(0, 2, 1, 3).reshape(rows * (side + 2 * pad), columns * (side + 2 * pad))
+
+    figure = Figure(figsize=(0.55 * columns + 1.2, 0.55 * rows + 0.8))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    axis.imshow(mosaic.numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    step = side + 2 * pad
+    axis.set_yticks([step * (r + 0.5) for r in range(rows)], [label for label, *_ in panels])
+    kinds = ("clean", "corrupted", "reconstructed")
+    axis.set_xticks([step * (c + 0.5) for c in range(columns)],
+                    [kinds[c % 3] for c in range(columns)], rotation=90, fontsize=7)
+    axis.xaxis.tick_top()
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    if title:
+        axis.set_xlabel(title)
+    figure.tight_layout()
+    return _save_figure(figure, Path(path))
+
+
+def _save_figure(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        figure.savefig(tmp, format="png", dpi=150)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def table_record(
+    name: str, ed: int, seed: int, test_images: int, rows: list[dict[str, Any]],
+    examples: str | None = NOISE_EXAMPLES,
+) -> dict[str, Any]:
+    """The content of `noise_table.json`."""
+    return {"run": name, "ed": ed, "seed": seed, "test_images": test_images, "rows": rows,
+            "examples": examples}
+
+
+def save_noise_table(folder: Path | str, record: dict[str, Any]) -> Path:
+    """Write `noise_table.json` into a run folder (atomically)."""
+    path = Path(folder) / NOISE_TABLE
+    runs.save_json(path, record)
+    return path
+
+
+def corrupt_and_save(
+    model: torch.nn.Module,
+    test_images: torch.Tensor,
+    noises: Sequence[ConfiguredNoise],
+    folder: Path | str | None,
+    name: str,
+    ed: int,
+    seed: int = 42,
+    batch_size: int = 1000,
+    examples: int = 3,
+    on_row: RowCallback | None = None,
+) -> dict[str, Any]:
+    """The noise table of one model; with a `folder`, also the example grid and the JSON."""
+    rows = noise_table(model, test_images, noises, seed, batch_size, on_row)
+    picture = None
+    if folder is not None and examples > 0:
+        render_examples(model, test_images, noises, Path(folder) / NOISE_EXAMPLES, seed,
+                        examples, title=f"{name} (ED={ed})")
+        picture = NOISE_EXAMPLES
+    record = table_record(name, ed, seed, int(test_images.shape[0]), rows, picture)
+    if folder is not None:
+        save_noise_table(folder, record)
+    return record

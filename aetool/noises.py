@@ -1,0 +1,348 @@
+"""Noises: what one is, the registry that plugins fill, and specs like `gaussian:sigma=0.1|0.3`.
+
+A `Noise` turns a batch of float images (N, C, H, W) on any device into a corrupted batch,
+drawing randomness only from the `torch.Generator` it is given. Plugins register noises
+through the `register_noises(register)` hook (see `aetool.hookspecs`); the built-ins in
+`aetool.default_plugins` do exactly what a third-party plugin does.
+
+On the command line a noise is `NAME` or `NAME:param=value,...`; a value may list several
+alternatives separated by `|` to sweep, so `gaussian:sigma=0.1|0.3` is two configured noises.
+`original` (no noise) is always available; it is not a plugin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from aetool import plugins
+from aetool.errors import AetoolError
+
+ORIGINAL_NAME = "original"
+# The report's Table 1: no noise, five Gaussian sigmas, occlusion, uniform.
+DEFAULT_NOISE_SPECS = ("original", "gaussian:sigma=0.1|0.3|0.5|1|2", "occlusion", "uniform")
+PARAM_TYPES = (float, int, bool, str)
+_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class NoiseParam:
+    """One typed parameter of a noise, with its default and a one-line description."""
+
+    name: str
+    type: type  # float, int, bool or str
+    default: Any
+    help: str = ""
+    choices: tuple[str, ...] | None = None  # allowed values of a str parameter
+    minimum: float | None = None  # inclusive bounds of a number
+    maximum: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in PARAM_TYPES:
+            raise TypeError(f"NoiseParam {self.name!r}: type must be float, int, bool or str.")
+
+    def parse(self, text: str) -> Any:
+        """A command-line value (text) turned into this parameter's type, or an AetoolError."""
+        text = text.strip()
+        try:
+            if self.type is bool:
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError
+                value: Any = text.lower() in _TRUE
+            else:
+                value = self.type(text)
+        except ValueError:
+            raise AetoolError(
+                f"{self.name} must be {_type_name(self.type)}, got {text!r}."
+            ) from None
+        return self.check(value)
+
+    def check(self, value: Any) -> Any:
+        """`value` if it is allowed (ints are accepted for floats), else an AetoolError."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise AetoolError(f"{self.name} must be {_type_name(self.type)}, got {value!r}.")
+        if self.choices is not None and value not in self.choices:
+            raise AetoolError(f"{self.name} must be one of {', '.join(self.choices)}; "
+                              f"got {value!r}.")
+        if self.minimum is not None and value < self.minimum:
+            raise AetoolError(f"{self.name} must be at least {self.minimum:g}, got {value!r}.")
+        if self.maximum is not None and value > self.maximum:
+            raise AetoolError(f"{self.name} must be at most {self.maximum:g}, got {value!r}.")
+        return value
+
+    def describe(self) -> str:
+        """`sigma: float = 0.5`, with the choices of a str parameter."""
+        kind = "|".join(self.choices) if self.choices else self.type.__name__
+        return f"{self.name}: {kind} = {_format_value(self.default)}"
+
+
+@dataclass(frozen=True)
+class Noise:
+    """A named corruption: `apply(x, generator, **params)` returns the corrupted batch."""
+
+    name: str
+    description: str
+    apply: Callable[..., torch.Tensor]
+    params: tuple[NoiseParam, ...] = ()
+    # Optional short label for tables, from the parameter values (default: name(p=v, ...)).
+    label: Callable[..., str] | None = None
+    plugin: str | None = None  # filled in by the registry: the plugin that registered it
+
+    def param(self, name: str) -> NoiseParam:
+        for param in self.params:
+            if param.name == name:
+                return param
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise AetoolError(
+            f"Noise {self.name!r} has no parameter {name!r}; its parameters are: {known}."
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def configure(self, **params: Any) -> ConfiguredNoise:
+        """This noise with some parameters set (checked); the rest keep their defaults."""
+        values = self.defaults()
+        for name, value in params.items():
+            try:
+                values[name] = self.param(name).check(value)
+            except AetoolError as exc:
+                raise AetoolError(f"Noise {self.name!r}: {exc}") from None
+        return ConfiguredNoise(self, values)
+
+
+@dataclass
+class ConfiguredNoise:
+    """A noise with all its parameter values: a `NoiseFn(x, generator)` for training and tables."""
+
+    noise: Noise
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.noise.name
+
+    @property
+    def label(self) -> str:
+        """A short row label: `original`, `N(0,0.1)`, `occlusion`, `uniform(low=-0.5)`..."""
+        if self.noise.label is not None:
+            return self.noise.label(**self.params)
+        changed = {k: v for k, v in self.params.items() if self.noise.defaults().get(k) != v}
+        if not changed:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={_format_value(v)}' for k, v in changed.items())})"
+
+    @property
+    def spec(self) -> str:
+        """The spec that rebuilds this exact noise, e.g. `gaussian:sigma=0.1,clip=false`."""
+        if not self.params:
+            return self.name
+        return f"{self.name}:" + ",".join(
+            f"{k}={_format_value(v, exact=True)}" for k, v in self.params.items()
+        )
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.noise.apply(x, generator, **self.params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "noise": self.name, "params": dict(self.params)}
+
+
+def _identity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return x
+
+
+ORIGINAL = Noise(ORIGINAL_NAME, "No noise: the clean image.", _identity)
+
+
+# --------------------------------------------------------------------------- random draws
+# Helpers for noise plugins: draw on the generator's device, then move to the images' device,
+# so a CPU generator works for images on cuda or mps (and a cuda generator for cuda images).
+
+
+def _on(x: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    return drawn if drawn.device == x.device else drawn.to(x.device, non_blocking=True)
+
+
+def rand_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """U[0, 1) of x's shape, dtype and device, drawn from `generator`."""
+    drawn = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return _on(x, drawn)
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 1) of x's shape, dtype and device, drawn from `generator`."""
+    drawn = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+    return _on(x, drawn)
+
+
+def randint_for(
+    x: torch.Tensor, low: int, high: int, size: Sequence[int], generator: torch.Generator
+) -> torch.Tensor:
+    """Integers in [low, high) of shape `size`, on x's device, drawn from `generator`."""
+    drawn = torch.randint(low, high, tuple(size), generator=generator, device=generator.device)
+    return _on(x, drawn)
+
+
+# --------------------------------------------------------------------------- the registry
+
+_cache: tuple[tuple, dict[str, Noise]] | None = None
+
+
+def registered_noises() -> dict[str, Noise]:
+    """Every noise the plugins register, by name, each with `.plugin` set to its plugin.
+
+    Plugins are asked in the order they were registered; the first to register a name keeps
+    it, and a later one gets a `PluginWarning` naming both. A plugin whose hook raises or
+    registers something that is not a `Noise` gets a warning; the others keep working.
+    """
+    global _cache
+    plugins.load_plugins()
+    key = tuple(plugins.pm.list_name_plugin())  # holds the plugins: ids cannot be reused
+    if _cache is not None and _same_plugins(_cache[0], key):
+        return dict(_cache[1])
+    found: dict[str, Noise] = {}
+    for impl in plugins.hook_implementations("register_noises"):
+        plugin_name = impl.plugin_name
+
+        def register(noise: Noise, plugin_name: str = plugin_name) -> None:
+            _add(found, noise, plugin_name)
+
+        try:
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+            plugins.warn(f"aetool plugin {plugin_name} failed in register_noises and is "
+                         f"skipped: {type(exc).__name__}: {exc}")
+    _cache = (key, found)
+    return dict(found)
+
+
+def _same_plugins(old: tuple, new: tuple) -> bool:
+    return len(old) == len(new) and all(
+        a_name == b_name and a is b for (a_name, a), (b_name, b) in zip(old, new, strict=True)
+    )
+
+
+def _add(found: dict[str, Noise], noise: Any, plugin_name: str) -> None:
+    if not isinstance(noise, Noise):
+        plugins.warn(f"aetool plugin {plugin_name} registered {noise!r}, which is not an "
+                     "aetool.noises.Noise; it is ignored.")
+        return
+    if not _NAME_PATTERN.match(noise.name) or noise.name == ORIGINAL_NAME:
+        plugins.warn(f"aetool plugin {plugin_name} registered a noise named {noise.name!r}, "
+                     "which is reserved or not a valid name (letters, digits, _ . -); "
+                     "it is ignored.")
+        return
+    if noise.name in found:
+        plugins.warn(f"Noise {noise.name!r} from aetool plugin {plugin_name} is ignored: "
+                     f"plugin {found[noise.name].plugin} already registered it.")
+        return
+    found[noise.name] = replace(noise, plugin=plugin_name)
+
+
+def get_noise(name: str) -> Noise:
+    """The noise called `name` (or `original`); an AetoolError listing what exists if none."""
+    if name == ORIGINAL_NAME:
+        return ORIGINAL
+    noises = registered_noises()
+    if name not in noises:
+        known = ", ".join([ORIGINAL_NAME, *sorted(noises)])
+        raise AetoolError(f"Unknown noise {name!r}; the registered noises are: {known} "
+                          "(`aetool noises` lists their parameters).")
+    return noises[name]
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def parse_noise_spec(spec: str) -> list[ConfiguredNoise]:
+    """`NAME` or `NAME:param=value,...` (a value may be `a|b|c`) -> one noise per combination."""
+    text = spec.strip()
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise AetoolError(f"Empty noise name in {spec!r}; write NAME or NAME:param=value,....")
+    noise = get_noise(name)
+    alternatives: dict[str, list[Any]] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or not key or not value.strip():
+            raise AetoolError(f"Cannot read {item!r} in noise {spec!r}; write param=value "
+                              "(several values as a|b|c).")
+        param = noise.param(key)
+        if key in alternatives:
+            raise AetoolError(f"Parameter {key!r} is given twice in noise {spec!r}.")
+        try:
+            alternatives[key] = [param.parse(v) for v in value.split("|")]
+        except AetoolError as exc:
+            raise AetoolError(f"Noise {spec!r}: {exc}") from None
+    keys = list(alternatives)
+    configured = []
+    for values in itertools.product(*(alternatives[k] for k in keys)):
+        params = noise.defaults()
+        params.update(zip(keys, values, strict=True))
+        configured.append(ConfiguredNoise(noise, params))
+    return configured
+
+
+def parse_noise_specs(specs: Sequence[str]) -> list[ConfiguredNoise]:
+    """Several specs, sweeps expanded, in order; exact repeats are dropped."""
+    configured: list[ConfiguredNoise] = []
+    seen: set[str] = set()
+    for spec in specs:
+        for noise in parse_noise_spec(spec):
+            if noise.spec not in seen:
+                seen.add(noise.spec)
+                configured.append(noise)
+    return configured
+
+
+def build_noise(spec: str) -> ConfiguredNoise:
+    """Exactly one configured noise (a `NoiseFn` for `fit --noise`); a sweep is an error."""
+    configured = parse_noise_spec(spec)
+    if len(configured) != 1:
+        raise AetoolError(f"Noise {spec!r} describes {len(configured)} noises; "
+                          "training takes exactly one (no a|b sweeps).")
+    return configured[0]
+
+
+def describe_noises() -> list[dict[str, Any]]:
+    """Every registered noise as plain data: name, plugin, package, description, parameters."""
+    rows = []
+    for name, noise in sorted(registered_noises().items()):
+        dist = plugins.distribution_of(noise.plugin or "")
+        rows.append({
+            "name": name,
+            "plugin": noise.plugin,
+            "package": f"{dist[0]} {dist[1]}" if dist else None,
+            "description": noise.description,
+            "params": [
+                {"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+                 "choices": list(p.choices) if p.choices else None}
+                for p in noise.params
+            ],
+        })
+    return rows
+
+
+def _type_name(kind: type) -> str:
+    return {float: "a number", int: "a whole number", bool: "true or false",
+            str: "text"}[kind]
+
+
+def _format_value(value: Any, exact: bool = False) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if exact else f"{value:g}"
+    return str(value)

@@ -1,0 +1,120 @@
+"""The plugin manager: third-party plugins from the `aetool` entry point group, then built-ins.
+
+Built-in plugins (`DEFAULT_PLUGINS`) are ordinary plugin modules; `pyproject.toml` also lists
+them as `aetool` entry points, and `load_plugins` registers any of them that the entry points
+did not (a source tree, or tests, which set `AETOOL_NO_ENTRYPOINTS=1` to keep the user's
+installed plugins out). A plugin that fails to import gives a `PluginWarning` naming it; the
+others keep working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import warnings
+from typing import Any
+
+import pluggy
+
+from aetool import hookspecs
+
+DEFAULT_PLUGINS = (
+    "aetool.default_plugins.gaussian",
+    "aetool.default_plugins.uniform",
+    "aetool.default_plugins.occlusion",
+)
+ENTRY_POINT_GROUP = "aetool"
+NO_ENTRYPOINTS_ENV = "AETOOL_NO_ENTRYPOINTS"
+
+pm = pluggy.PluginManager("aetool")
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+# plugin name -> (distribution name, version) for plugins that came from an entry point
+_distributions: dict[str, tuple[str, str]] = {}
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or registered something it should not have."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def entry_points_enabled() -> bool:
+    return os.environ.get(NO_ENTRYPOINTS_ENV, "").strip().lower() in ("", "0", "false", "no")
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The `aetool` entry points, ordered by distribution then name (so loading is stable)."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+    def key(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+        dist = getattr(ep, "dist", None)
+        return (dist.name if dist is not None else "", ep.name)
+
+    return sorted(found, key=key)
+
+
+def _load_entry_points() -> None:
+    for ep in _entry_points():
+        name = ep.value  # the module path (or module:object), as for DEFAULT_PLUGINS
+        if pm.get_plugin(name) is not None or pm.is_blocked(name):
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"plugin {ep.name!r}" + (f" (package {dist.name})" if dist is not None else "")
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure must not stop aetool
+            warn(f"aetool {origin} could not be imported and is skipped: "
+                 f"{type(exc).__name__}: {exc}")
+            continue
+        if pm.is_registered(plugin):
+            continue
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:  # noqa: BLE001 - e.g. a hook with a wrong signature
+            warn(f"aetool {origin} could not be registered and is skipped: {exc}")
+            continue
+        if dist is not None:
+            _distributions[name] = (dist.name, dist.version)
+
+
+def load_plugins() -> None:
+    """Register the entry point plugins (unless $AETOOL_NO_ENTRYPOINTS=1), then the built-ins.
+
+    Idempotent: later calls do nothing.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    if entry_points_enabled():
+        _load_entry_points()
+    for path in DEFAULT_PLUGINS:
+        module = importlib.import_module(path)
+        if not pm.is_registered(module) and pm.get_plugin(path) is None:
+            pm.register(module, name=path)
+
+
+def reset_plugins() -> None:
+    """Unregister every plugin so that the next `load_plugins` starts afresh (for tests)."""
+    global _loaded
+    for name, plugin in list(pm.list_name_plugin()):
+        if plugin is not None:
+            pm.unregister(plugin, name=name)
+    _distributions.clear()
+    _loaded = False
+
+
+def distribution_of(plugin_name: str) -> tuple[str, str] | None:
+    """(package name, version) of a plugin that came from an entry point, else None."""
+    return _distributions.get(plugin_name)
+
+
+def hook_implementations(hook_name: str) -> list[Any]:
+    """A hook's implementations in registration order (`tryfirst` ones first, `trylast` last)."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return sorted(impls, key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)
