@@ -1,10 +1,113 @@
-"""`aetool embed` (not built yet)."""
+"""`aetool embed`: encode the test set with trained runs, plot their latent space, score it."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from aetool import runs
 from aetool.cli.app import app
-from aetool.cli.common import not_built
+from aetool.cli.common import (
+    DataDirOption,
+    DeviceOption,
+    JsonOption,
+    RunsOption,
+    download_progress,
+    handle_errors,
+    print_json,
+    progress_bar,
+    stderr,
+)
+from aetool.data import DATASETS, ImageData, load_dataset
+from aetool.devices import resolve_device
+from aetool.embed import METHODS, check_methods, embed_run
+
+
+def _methods(values: list[str] | None) -> list[str] | None:
+    for value in values or []:
+        if value not in METHODS:
+            raise typer.BadParameter(f"unknown method {value!r}; choose from: {', '.join(METHODS)}")
+    return values
+
+
+def _dataset(value: str | None) -> str | None:
+    if value is not None and value not in DATASETS:
+        raise typer.BadParameter(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
+    return value
 
 
 @app.command()
-def embed() -> None:
-    """Not built yet."""
-    not_built("embed")
+@handle_errors
+def embed(
+    ed: Annotated[
+        list[int] | None,
+        typer.Option("--ed", help="Only runs with this encoding dimension (repeatable)."),
+    ] = None,
+    run: Annotated[
+        list[str] | None,
+        typer.Option("--run", help="A run folder name or path (repeatable).",
+                     show_default="every finished run"),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="Projection to 2-D: pca or tsne (repeatable; t-SNE takes "
+                     "about a minute per run on a CPU).", show_default="pca", callback=_methods),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the score samples, folds and t-SNE.")] = 0,
+    device: DeviceOption = "auto",
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="mnist or fashion-mnist.", callback=_dataset,
+                     show_default="the dataset each run was trained on"),
+    ] = None,
+    data_dir: DataDirOption = None,
+    runs_root: RunsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Encode the test set with trained runs; save codes, a 2-D scatter plot and separation
+    scores (silhouette, k-NN accuracy) in each run folder."""
+    methods = check_methods(method or ["pca"])
+    root = runs_root if runs_root is not None else runs.default_runs_root()
+    picked = runs.select_runs(root, names=run, eds=ed)
+    torch_device = resolve_device(device)
+    loaded: dict[str, ImageData] = {}
+    summaries = []
+    with progress_bar() as progress, download_progress() as data_progress:
+        task = progress.add_task("embed", total=len(picked))
+        for chosen in picked:
+            progress.update(task, description=f"embed {chosen.name}")
+            name = dataset or chosen.config.get("dataset", "mnist")
+            if name not in loaded:
+                loaded[name] = load_dataset(name, data_dir, torch_device, data_progress)
+            _, summary = embed_run(chosen, loaded[name], methods, torch_device, seed=seed)
+            summary["path"] = str(chosen.path)
+            summaries.append(summary)
+            progress.advance(task)
+    if json_output:
+        print_json(summaries)
+    else:
+        stderr.print(summary_table(summaries))
+        for summary in summaries:
+            plots = ", ".join(str(Path(summary["path"]) / p) for p in summary["plots"].values())
+            stderr.print(f"Saved {plots}", highlight=False)
+
+
+def summary_table(summaries: list[dict]) -> Table:
+    table = Table(title="aetool embed: how well the classes separate in the latent space")
+    for header in ("run", "ED", "explained variance\n(PC1 + PC2)", "silhouette\n(codes)",
+                   "k-NN accuracy\n(codes)", "k-NN accuracy\n(2-D PCA)"):
+        table.add_column(header, justify="left" if header == "run" else "right")
+    for s in summaries:
+        first, second = s["explained_variance"]
+        flat = s["projection_scores"].get("pca", {}).get("knn_accuracy")
+        table.add_row(
+            s["run"], str(s["ed"]), f"{first:.1%} + {second:.1%}", f"{s['silhouette']:.3f}",
+            f"{s['knn_accuracy']:.1%}", "-" if flat is None else f"{flat:.1%}",
+        )
+    table.caption = (f"silhouette on standardized codes by true class (-1..1); "
+                     f"{summaries[0]['knn_neighbors']}-NN accuracy, "
+                     f"{summaries[0]['knn_folds']}-fold cross-validated") if summaries else None
+    return table

@@ -1,10 +1,124 @@
-"""`aetool study` (not built yet)."""
+"""`aetool study`: the report's whole experiment, search -> fit -> corrupt -> embed -> report."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
 
 from aetool.cli.app import app
-from aetool.cli.common import not_built
+from aetool.cli.common import (
+    DataDirOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    RunsOption,
+    handle_errors,
+    print_json,
+    progress_bar,
+    stderr,
+)
+from aetool.cli.fit import _at_least_one, _preset
+from aetool.study import STAGES, StudySettings, run_study
 
 
 @app.command()
-def study() -> None:
-    """Not built yet."""
-    not_built("study")
+@handle_errors
+def study(
+    ed: Annotated[list[int] | None, typer.Option("--ed", help="Encoding dimensions; repeatable.",
+                                                 show_default="4 8 16 32")] = None,
+    lr: Annotated[list[float] | None, typer.Option("--lr", help="Search grid: learning rates.",
+                                                   show_default="1e-2 1e-3 1e-4")] = None,
+    weight_decay: Annotated[
+        list[float] | None,
+        typer.Option("--weight-decay", help="Search grid: weight decays.",
+                     show_default="1e-3 1e-4 1e-5"),
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds of the search.")] = 3,
+    search_epochs: Annotated[
+        int, typer.Option(help="Epochs per (setting, fold) in the search.",
+                          callback=_at_least_one)
+    ] = 20,
+    skip_search: Annotated[
+        bool, typer.Option("--skip-search", help="Fit with the preset's lr and weight decay.")
+    ] = False,
+    preset: Annotated[str, typer.Option(help="fit's starting settings.", callback=_preset)
+                      ] = "report",
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Cap on fit's epochs.", callback=_at_least_one)
+    ] = None,
+    noise: Annotated[
+        list[str] | None,
+        typer.Option("--noise", help="Noises for corrupt; repeatable.",
+                     show_default="the report's Table 1"),
+    ] = None,
+    method: Annotated[
+        list[str] | None, typer.Option("--method", help="Projections for embed: pca, tsne.",
+                                       show_default="pca")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.")] = 0,
+    val_size: Annotated[
+        int, typer.Option(help="Training images held out for validation.",
+                          callback=_at_least_one)
+    ] = 10_000,
+    device: DeviceOption = "auto",
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    runs_root: RunsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the whole study: search, fit each ED, corrupt, embed, report.
+
+    Finished work in the workspace is skipped, so an interrupted study continues where it
+    stopped. The wall time of every stage is printed and saved in runs/study.json.
+    """
+    if folds < 2:
+        raise typer.BadParameter("must be at least 2", param_hint="--folds")
+    if noise:
+        from aetool.cli.noises import parse_noise_option
+
+        parse_noise_option(noise)
+    defaults = StudySettings()
+    settings = StudySettings(
+        eds=ed or defaults.eds, lrs=lr or defaults.lrs,
+        weight_decays=weight_decay or defaults.weight_decays, folds=folds,
+        search_epochs=search_epochs, preset=preset, max_epochs=max_epochs, noises=noise,
+        methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
+        val_size=val_size, skip_search=skip_search,
+    )
+    with progress_bar(status_column()) as progress:
+        tasks = {s: progress.add_task(s, total=None, status="", start=False)
+                 for s in STAGES if not (s == "search" and skip_search)}
+
+        def on_progress(stage: str, done: float, total: float, status: str) -> None:
+            progress.start_task(tasks[stage])
+            progress.update(tasks[stage], completed=done, total=total, status=status)
+
+        def on_stage(result) -> None:
+            task = tasks[result.stage]
+            total = progress.tasks[task].total or 1
+            progress.update(task, completed=total, total=total,
+                            status=f"{result.seconds:.1f} s")
+            progress.stop_task(task)
+
+        summary = run_study(settings, runs_root, data_dir=data_dir, on_progress=on_progress,
+                            on_stage=on_stage)
+    if json_output:
+        print_json(summary)
+        return
+    table = Table(title="aetool study: wall time per stage")
+    for column in ("stage", "seconds", "computed", "already there"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for stage in summary["stages"]:
+        table.add_row(stage["stage"], f"{stage['seconds']:.1f}", ", ".join(stage["done"]) or "-",
+                      ", ".join(stage["skipped"]) or "-")
+    table.add_row("[bold]total", f"[bold]{summary['seconds']:.1f}", "", "")
+    stderr.print(table)
+    stderr.print(f"Report: [bold]{summary['report']}[/]")
+
+
+def status_column():
+    from rich.progress import TextColumn
+
+    return TextColumn("{task.fields[status]}")
