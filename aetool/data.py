@@ -213,8 +213,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes under a temporary name, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _find_file(raw: Path, filename: str) -> Path | None:

@@ -25,14 +25,14 @@ from typing import Any
 import torch
 
 from aetool import __version__, runs
+from aetool.corrupt import NOISE_TABLE
 from aetool.data import write_atomic
+from aetool.embed import EMBEDDING_JSON
 from aetool.errors import AetoolError
 
 TEMPLATE = "report.html.j2"
 REPORT_FILE = "report.html"
 SEARCH_RESULTS = Path("search") / "results.json"
-NOISE_TABLE = "noise_table.json"
-EMBEDDING_JSON = "embedding.json"
 MAX_IMAGE_WIDTH = 900  # pixels; wider PNGs are downscaled before they are inlined
 MAX_IMAGE_BYTES = 350_000  # per inlined PNG; larger ones are scaled down until they fit
 MIN_IMAGE_WIDTH = 320  # but never narrower than this

@@ -15,6 +15,7 @@ never leaves a half-written file. Everything loads with `torch.load(weights_only
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from aetool.data import write_atomic
 from aetool.errors import RunError
 
 CONFIG = "config.json"
@@ -36,17 +38,6 @@ RESERVED = {"search"}
 
 def default_runs_root() -> Path:
     return Path(os.environ.get("AETOOL_RUNS", "runs"))
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def _replace_into(tmp: Path, path: Path) -> None:
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -63,14 +54,7 @@ def _jsonable(obj: Any) -> Any:
 
 def save_json(path: Path | str, obj: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-        _replace_into(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(Path(path), (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
 
 
 def load_json(path: Path | str) -> Any:
@@ -85,14 +69,9 @@ def load_json(path: Path | str) -> Any:
 
 def save_torch(path: Path | str, obj: Any) -> None:
     """`torch.save` atomically; `obj` must hold only tensors and plain Python values."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        torch.save(obj, tmp)
-        _replace_into(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(Path(path), buffer.getvalue())
 
 
 def load_torch(path: Path | str) -> Any:
