@@ -1,10 +1,210 @@
-"""`aetool search` (not built yet)."""
+"""`aetool search`: grid search over lr and weight decay with k-fold cross-validation, per ED."""
 
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import typer
+from rich.progress import TextColumn
+from rich.table import Table
+
+from aetool import runs
 from aetool.cli.app import app
-from aetool.cli.common import not_built
+from aetool.cli.common import (
+    DataDirOption,
+    DatasetOption,
+    DeviceOption,
+    JsonOption,
+    RunsOption,
+    download_progress,
+    handle_errors,
+    print_json,
+    progress_bar,
+    stderr,
+)
+from aetool.search import (
+    DEFAULT_EDS,
+    DEFAULT_LRS,
+    DEFAULT_WEIGHT_DECAYS,
+    SearchConfig,
+    results_path,
+    run_search,
+)
+
+_DEFAULTS = SearchConfig()
+
+
+def _each(check: Any, message: str) -> Any:
+    def callback(values: list | None) -> list | None:
+        if values is not None:
+            bad = [v for v in values if not check(v)]
+            if bad:
+                raise typer.BadParameter(f"{message}, got {bad[0]:g}")
+        return values
+
+    return callback
+
+
+def _at_least(minimum: int) -> Any:
+    def callback(value: int | None) -> int | None:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"must be at least {minimum}, got {value}")
+        return value
+
+    return callback
+
+
+def _positive(value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be positive, got {value:g}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0:
+        raise typer.BadParameter(f"must be zero or more, got {value:g}")
+    return value
+
+
+def _parallel(value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"must be auto or a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _show(values: tuple) -> str:
+    return " ".join(f"{v:g}" for v in values)
 
 
 @app.command()
-def search() -> None:
-    """Not built yet."""
-    not_built("search")
+@handle_errors
+def search(
+    ed: Annotated[
+        list[int] | None,
+        typer.Option("--ed", help="Encoding dimension (repeat for several).",
+                     show_default=_show(DEFAULT_EDS), callback=_each(lambda v: v >= 1,
+                                                                     "must be at least 1")),
+    ] = None,
+    lr: Annotated[
+        list[float] | None,
+        typer.Option("--lr", help="Learning rate (repeat for several).",
+                     show_default=_show(DEFAULT_LRS),
+                     callback=_each(lambda v: v > 0 and math.isfinite(v), "must be positive")),
+    ] = None,
+    weight_decay: Annotated[
+        list[float] | None,
+        typer.Option("--weight-decay", help="Adam weight decay (repeat for several).",
+                     show_default=_show(DEFAULT_WEIGHT_DECAYS),
+                     callback=_each(lambda v: v >= 0 and math.isfinite(v), "must be zero or more")),
+    ] = None,
+    folds: Annotated[
+        int, typer.Option(help="Folds of the cross-validation.", callback=_at_least(2))
+    ] = _DEFAULTS.folds,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs per setting and fold.", callback=_at_least(1))
+    ] = _DEFAULTS.epochs,
+    batch_size: Annotated[
+        int, typer.Option(help="Batch size (fit's default, so the choice suits fit).",
+                          callback=_at_least(1))
+    ] = _DEFAULTS.batch_size,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.")] = 0,
+    max_loss: Annotated[
+        float, typer.Option(help="Drop settings whose final val loss on any fold is above.",
+                            callback=_positive)
+    ] = _DEFAULTS.max_loss,
+    max_oscillation: Annotated[
+        float, typer.Option(help="Drop settings whose val curve oscillates more than this "
+                            "(upward moves over the last half / its mean).",
+                            callback=_non_negative)
+    ] = _DEFAULTS.max_oscillation,
+    parallel: Annotated[
+        str, typer.Option(help="Models trained together on the device (auto: 1 on a CPU, as "
+                          "many as fit on a GPU).", callback=_parallel)
+    ] = "auto",
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage shared by workers: sqlite:///f.db, postgresql://..., "
+                     "mysql://..., or a journal file path.",
+                     show_default="runs/search/study.log"),
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Optuna study name.", show_default="derived from the grid")
+    ] = None,
+    val_size: Annotated[
+        int, typer.Option(help="fit's validation images, kept out of the search.",
+                          callback=_at_least(1))
+    ] = _DEFAULTS.val_size,
+    limit: Annotated[
+        int | None, typer.Option(hidden=True, help="Use only the first N training images.",
+                                 callback=_at_least(4))
+    ] = None,
+    device: DeviceOption = "auto",
+    dataset: DatasetOption = "mnist",
+    data_dir: DataDirOption = None,
+    runs_root: RunsOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Grid-search lr and weight decay per ED with k-fold cross-validation; resumable, and
+    several workers sharing --storage split the grid."""
+    if limit is not None and limit < 2 * folds:
+        raise typer.BadParameter(f"must leave two images per fold, got {limit}",
+                                 param_hint="--limit")
+    config = SearchConfig(
+        eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
+        weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
+        folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
+        limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
+        device=device, parallel=None if parallel == "auto" else int(parallel),
+        storage=storage, study_name=study_name,
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    root = runs_root if runs_root is not None else runs.default_runs_root()
+    with progress_bar(TextColumn("{task.fields[status]}")) as progress:
+        task = progress.add_task("search", total=len(config.grid()) * folds, status="")
+
+        def on_progress(done: float, total: int, status: str) -> None:
+            progress.update(task, completed=done, total=total, status=status)
+
+        with download_progress() as data_progress:
+            results = run_search(config, root, data_dir=data_dir, on_progress=on_progress,
+                                 data_progress=data_progress)
+    if json_output:
+        print_json(results)
+    else:
+        for ed_key, entry in results["eds"].items():
+            stderr.print(results_table(int(ed_key), entry))
+        stderr.print(f"Results saved in [bold]{results_path(root)}[/]; study "
+                     f"[bold]{results['study']['name']}[/] in {results['study']['storage']}")
+
+
+def _fmt(value: float | None, spec: str = ".5f") -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def results_table(ed: int, entry: dict[str, Any]) -> Table:
+    """Every setting of one ED: final validation loss over the folds (mean ± std), final
+    training loss, their gap, the oscillation, and kept, dropped (why) or best."""
+    best = entry.get("best")
+    title = f"ED {ed}: " + (
+        f"best lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
+        f"(val {best['val_mean']:.5f} ± {best['val_std']:.5f})" if best
+        else "no setting passed the selection rule"
+    )
+    table = Table(title=title)
+    for name in ("lr", "wd", "val mean ± std", "train", "gap", "osc.", "verdict"):
+        table.add_column(name, justify="left" if name == "verdict" else "right")
+    for s in entry["settings"]:
+        is_best = bool(best) and s["lr"] == best["lr"] and s["weight_decay"] == best["weight_decay"]
+        verdict = "[bold green]best[/]" if is_best else (
+            "kept" if s["kept"] else f"[red]dropped[/]: {s['reason']}"
+        )
+        table.add_row(
+            f"{s['lr']:g}", f"{s['weight_decay']:g}",
+            f"{_fmt(s['val_mean'])} ± {_fmt(s['val_std'])}", _fmt(s["train_mean"]),
+            _fmt(s["gap"], "+.5f"), _fmt(s["oscillation"], ".3f"), verdict,
+            style="bold" if is_best else None,
+        )
+    return table

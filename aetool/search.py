@@ -1,0 +1,753 @@
+"""Grid search with k-fold cross-validation: the grid, the folds, the selection rule, and an
+Optuna study that lets a search resume and spread over several workers.
+
+What is searched. Every (ED, learning rate, weight decay) point of the grid is trained on each
+of `folds` folds for `epochs` epochs, with `fit`'s training loop (`aetool.batched`: the same
+initial weights, batch order, Adam and loss as `aetool.training`). The folds come from
+scikit-learn's `KFold(n_splits=folds, shuffle=True, random_state=seed)` over the training split
+that `fit` trains on (`split_train_val(data, val_size, 0).train`: MNIST's 50,000 images outside
+`fit`'s validation set); `fit`'s validation images and the test set are not touched.
+
+How a setting is chosen (per ED). A setting is dropped when its final validation loss on any
+fold is above `max_loss` (or not finite), or when it oscillates: its oscillation (the largest
+over the folds) is above `max_oscillation`. The oscillation of one validation curve is the
+sum of its epoch-to-epoch increases over the second half of the epochs, divided by the mean
+loss over that half: 0 for a curve that only goes down, 0.1 when it gives back a tenth of its
+level in bumps, 1 or more when it swings by its own size. On MNIST (ED 4, the report's grid,
+20 epochs) every curve measured 0.03 or less, so the default bound, 0.2, keeps normal noise
+and drops a curve with one jump of a fifth of its level or repeated smaller swings. Among the
+settings kept, the lowest mean final validation loss over the folds wins.
+
+How it survives and scales. The grid lives in an Optuna study (GridSampler's search space and
+grid ids; one trial per grid point, with its fold losses and curves as trial attributes), by
+default in a journal file in the workspace (`runs/search/study.log`), or in any Optuna storage.
+Each worker claims pending points by creating RUNNING trials for them, drops a claim that
+collides with an earlier live claim of the same point (lowest trial number wins), keeps a
+heartbeat on its trials, and fails the RUNNING trials of workers that died (same host: the
+process is gone; any host: no heartbeat for `grace_period` seconds), so their points are
+trained again. Points are claimed by aetool, not by `GridSampler.ask`, because GridSampler
+counts failed trials as visited and can hand one point to two workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aetool import runs
+from aetool.batched import Curves, TrainJob, train_models
+from aetool.data import ProgressFn, load_dataset, split_train_val
+from aetool.devices import device_description, resolve_device
+from aetool.errors import AetoolError, RunError
+from aetool.training import FitConfig
+
+DEFAULT_EDS = (4, 8, 16, 32)
+DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
+DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-4, 1e-5)
+SEARCH_DIR = "search"
+RESULTS = "results.json"
+STUDY_LOG = "study.log"
+PROTOCOL_ATTR = "aetool:protocol"
+WORKER_ATTR = "aetool:worker"
+HEARTBEAT_ATTR = "aetool:heartbeat"
+OSCILLATION_DEFINITION = (
+    "sum of epoch-to-epoch increases of the validation loss over the second half of the "
+    "epochs, divided by its mean over that half; the largest over the folds"
+)
+# Models trained together on a CPU when --parallel is auto: on a 2-core CPU vmap gained
+# nothing over the plain loop (benchmarks/search_speed.py), so the CPU trains one at a time.
+CPU_PARALLEL = 1
+GPU_MAX_PARALLEL = 128
+BYTES_PER_IMAGE = 160_000  # activations and gradients of one image in one model, with slack
+
+# (completed units, total units, what is happening); a unit is one (ED, setting, fold).
+SearchProgressFn = Callable[[float, int, str], None]
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    ed: int
+    lr: float
+    weight_decay: float
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"ed": self.ed, "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def __str__(self) -> str:
+        return f"ED {self.ed}, lr {self.lr:g}, wd {self.weight_decay:g}"
+
+
+@dataclass
+class SearchConfig:
+    """Everything that decides a search. The fields up to `val_size` decide its results."""
+
+    eds: list[int] = field(default_factory=lambda: list(DEFAULT_EDS))
+    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
+    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
+    folds: int = 3  # k of the k-fold cross-validation
+    epochs: int = 20  # epochs per (setting, fold)
+    batch_size: int = 1000  # fit's default, so the chosen lr suits the training that uses it
+    seed: int = 0  # seeds the folds, the initial weights and the batch order
+    dataset: str = "mnist"
+    limit: int | None = None  # use only the first N training images (tests, demos)
+    val_size: int = 10_000  # fit's validation images, left out of the search
+    max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
+    max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
+    device: str = "auto"
+    parallel: int | None = None  # models trained together; None: sized for the device
+    storage: str | None = None  # any Optuna storage URL or a journal file; None: the workspace's
+    study_name: str | None = None  # None: derived from the settings above
+    heartbeat_interval: float = 20.0  # seconds between heartbeats of a worker's trials
+    grace_period: float = 120.0  # a trial without a heartbeat for this long is orphaned
+    poll_interval: float = 2.0  # seconds between looks at the study while others finish
+
+    def validate(self) -> None:
+        checks = [
+            (bool(self.eds), "the grid needs at least one --ed"),
+            (bool(self.lrs), "the grid needs at least one --lr"),
+            (bool(self.weight_decays), "the grid needs at least one --weight-decay"),
+            (all(e >= 1 for e in self.eds), "every --ed must be at least 1"),
+            (all(v > 0 and math.isfinite(v) for v in self.lrs), "every --lr must be positive"),
+            (all(v >= 0 and math.isfinite(v) for v in self.weight_decays),
+             "every --weight-decay must be zero or more"),
+            (self.folds >= 2, f"--folds must be at least 2, got {self.folds}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.limit is None or self.limit >= 2 * self.folds,
+             f"--limit must leave at least two images per fold, got {self.limit}"),
+            (self.max_loss > 0, f"--max-loss must be positive, got {self.max_loss}"),
+            (self.max_oscillation >= 0,
+             f"--max-oscillation must be zero or more, got {self.max_oscillation}"),
+            (self.parallel is None or self.parallel >= 1,
+             f"--parallel must be at least 1, got {self.parallel}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise AetoolError(message[0].upper() + message[1:] + ".")
+
+    def grid(self) -> list[GridPoint]:
+        """Every grid point, ED by ED, in the order of the options."""
+        return [GridPoint(e, lr, wd) for e in _unique(self.eds) for lr in _unique(self.lrs)
+                for wd in _unique(self.weight_decays)]
+
+    def search_space(self) -> dict[str, list[Any]]:
+        return {"ed": _unique(self.eds), "lr": _unique(self.lrs),
+                "weight_decay": _unique(self.weight_decays)}
+
+    def protocol(self) -> dict[str, Any]:
+        """What decides the results: two searches with the same protocol share a study."""
+        return {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
+                "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
+                "limit": self.limit, "val_size": self.val_size}
+
+    def default_study_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
+        return f"aetool-search-{self.dataset}-{digest[:12]}"
+
+    def fit_config(self, point: GridPoint, device: str) -> FitConfig:
+        """The settings `fit` would train this grid point with (no early stopping)."""
+        return FitConfig(
+            ed=point.ed, lr=point.lr, weight_decay=point.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
+            device=device, dataset=self.dataset, val_size=self.val_size, preset="search",
+        )
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+# --------------------------------------------------------------------------- data and folds
+
+
+def search_images(
+    config: SearchConfig,
+    data_dir: Path | str | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+) -> tuple[torch.Tensor, str]:
+    """The images the search cross-validates on, and the data set's checksum."""
+    data = load_dataset(config.dataset, data_dir, device, progress)
+    train = split_train_val(data, config.val_size, 0).train
+    if config.limit is not None:
+        train = train[: config.limit]
+    if train.shape[0] < 2 * config.folds:
+        raise AetoolError(
+            f"{train.shape[0]} training images are too few for {config.folds} folds."
+        )
+    return train, data.checksum
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train, validation) index tensors of scikit-learn's shuffled, seeded `KFold`."""
+    from sklearn.model_selection import KFold
+
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(torch.from_numpy(tr).long(), torch.from_numpy(va).long())
+            for tr, va in splitter.split(range(n))]
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def oscillation(curve: Sequence[float | None]) -> float:
+    """Upward variation of a loss curve over its second half, relative to its mean there."""
+    values = [math.inf if v is None else float(v) for v in curve]
+    if not all(math.isfinite(v) for v in values):
+        return math.inf
+    tail = values[len(values) // 2 :]
+    if len(tail) < 2:
+        return 0.0
+    level = statistics.fmean(tail)
+    rises = sum(max(0.0, b - a) for a, b in zip(tail, tail[1:], strict=False))
+    return rises / level if level > 0 else 0.0
+
+
+def _final(curve: Sequence[float | None]) -> float:
+    value = curve[-1] if curve else None
+    return math.nan if value is None else float(value)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
+def summarize_setting(
+    lr: float, weight_decay: float, train_curves: list[list], val_curves: list[list]
+) -> dict[str, Any]:
+    """One row of the results: fold losses at the last epoch, mean ± std, gap, oscillation."""
+    fold_val = [_final(c) for c in val_curves]
+    fold_train = [_final(c) for c in train_curves]
+    val_mean, val_std = _mean_std(fold_val)
+    train_mean, _ = _mean_std(fold_train)
+    return {
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "fold_val": fold_val,
+        "fold_train": fold_train,
+        "val_mean": val_mean,
+        "val_std": val_std,
+        "train_mean": train_mean,
+        "gap": val_mean - train_mean,
+        "oscillation": max(oscillation(c) for c in val_curves),
+        "kept": False,
+        "reason": None,
+        "curves": {"val": val_curves, "train": train_curves},
+    }
+
+
+def select_best(
+    settings: list[dict[str, Any]], max_loss: float, max_oscillation: float
+) -> dict[str, Any] | None:
+    """Mark each setting kept or dropped (with the reason) and return the best kept one:
+    dropped when the final validation loss on any fold is above `max_loss` or not finite, or
+    when its oscillation is above `max_oscillation`; best is the lowest mean validation loss."""
+    for setting in settings:
+        finals = setting["fold_val"]
+        bad = [(i, v) for i, v in enumerate(finals) if not (math.isfinite(v) and v <= max_loss)]
+        if bad:
+            fold, value = max(bad, key=lambda iv: iv[1] if math.isfinite(iv[1]) else math.inf)
+            setting["reason"] = (
+                f"diverged on fold {fold + 1}" if not math.isfinite(value)
+                else f"val {value:.3g} > {max_loss:g} on fold {fold + 1}"
+            )
+        elif not setting["oscillation"] <= max_oscillation:
+            setting["reason"] = f"oscillation {setting['oscillation']:.3g} > {max_oscillation:g}"
+        else:
+            setting["reason"] = None
+        setting["kept"] = setting["reason"] is None
+    kept = [s for s in settings if s["kept"]]
+    if not kept:
+        return None
+    best = min(kept, key=lambda s: s["val_mean"])
+    return {k: best[k] for k in ("lr", "weight_decay", "val_mean", "val_std")}
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def open_storage(url: str | None, runs_root: Path) -> Any:
+    """An Optuna storage: a database URL (sqlite:///, postgresql://, mysql://...), a
+    `redis://` journal, or a journal file path; by default `runs/search/study.log`."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
+
+    try:
+        if url is None or "://" not in url:
+            path = Path(url) if url else runs_root / SEARCH_DIR / STUDY_LOG
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("redis"):
+            return optuna.storages.JournalStorage(JournalRedisBackend(url))
+        return optuna.storages.RDBStorage(url)
+    except ImportError as exc:
+        raise AetoolError(f"The storage {hide_password(url)} needs a package: {exc}.") from None
+    except Exception as exc:  # sqlalchemy and drivers raise many types for a bad URL or server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AetoolError(f"Cannot open the storage {hide_password(url)}: {first}") from None
+
+
+def hide_password(url: str | None) -> str | None:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url) if url else url
+
+
+def host_identity() -> str:
+    """This machine: its host name and hardware address (two containers may share a name).
+    Where no hardware address is found, uuid gives a random one per process, and workers are
+    then told apart by heartbeat alone."""
+    return f"{socket.gethostname()}/{uuid.getnode():012x}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GridStudy:
+    """One search's trials in an Optuna storage, shared by every worker that opens it."""
+
+    def __init__(self, config: SearchConfig, storage: Any, protocol: dict[str, Any]) -> None:
+        import optuna
+
+        self.config = config
+        self.storage = storage
+        self.name = config.study_name or config.default_study_name()
+        space = config.search_space()
+        study = optuna.create_study(
+            storage=storage, study_name=self.name, direction="minimize", load_if_exists=True,
+            sampler=optuna.samplers.GridSampler(space, seed=config.seed),
+        )
+        self.study_id = storage.get_study_id_from_name(self.name)
+        saved = study.user_attrs.get(PROTOCOL_ATTR)
+        if saved is None:
+            study.set_user_attr(PROTOCOL_ATTR, protocol)
+        elif saved != json.loads(json.dumps(protocol)):
+            differ = sorted(k for k in set(saved) | set(protocol)
+                            if saved.get(k) != protocol.get(k))
+            raise RunError(
+                f"The study {self.name!r} was started with other settings ({', '.join(differ)} "
+                "differ); use the same options, or another --study-name."
+            )
+        self.distributions = {
+            k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()
+        }
+        self.grid_ids = self._grid_ids(space, config.seed)
+        self.search_space = space
+        self.host = host_identity()
+        self.in_flight: dict[int, GridPoint] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _grid_ids(space: dict[str, list[Any]], seed: int) -> dict[GridPoint, int]:
+        """GridSampler's own id of each point: it gives trial number i < grid size grid id i,
+        so asking a throwaway in-memory study once per point reads its numbering."""
+        import optuna
+
+        probe = optuna.create_study(sampler=optuna.samplers.GridSampler(space, seed=seed))
+        ids = {}
+        for _ in range(math.prod(len(v) for v in space.values())):
+            trial = probe.ask()  # never told: telling the last point would stop the study
+            point = GridPoint(**{k: trial.suggest_categorical(k, v) for k, v in space.items()})
+            ids[point] = trial.number
+        return ids
+
+    # ---------------------------------------------------------------- reading
+
+    def trials(self) -> list[Any]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+
+    @staticmethod
+    def point_of(trial: Any) -> GridPoint | None:
+        try:
+            return GridPoint(int(trial.params["ed"]), float(trial.params["lr"]),
+                             float(trial.params["weight_decay"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def alive(self, trial: Any) -> bool:
+        """Whether a RUNNING trial's worker still works on it."""
+        worker = trial.system_attrs.get(WORKER_ATTR) or {}
+        if worker.get("host") == self.host:
+            if worker.get("pid") == os.getpid():
+                return trial._trial_id in self.in_flight
+            if isinstance(worker.get("pid"), int) and not _pid_alive(worker["pid"]):
+                return False
+        beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+        if beat is None and trial.datetime_start is not None:
+            beat = trial.datetime_start.timestamp()
+        return beat is not None and time.time() - float(beat) <= self.config.grace_period
+
+    def completed(self, trials: list[Any] | None = None) -> dict[GridPoint, Any]:
+        """The first COMPLETE trial of each grid point."""
+        from optuna.trial import TrialState
+
+        done: dict[GridPoint, Any] = {}
+        for trial in sorted(trials if trials is not None else self.trials(),
+                            key=lambda t: t.number):
+            point = self.point_of(trial)
+            if trial.state == TrialState.COMPLETE and point is not None:
+                done.setdefault(point, trial)
+        return done
+
+    def fail_orphans(self, trials: list[Any]) -> int:
+        """Fail the RUNNING trials whose worker is gone, so that their points are retried."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        failed = 0
+        for trial in trials:
+            if trial.state == TrialState.RUNNING and not self.alive(trial):
+                try:
+                    self.storage.set_trial_system_attr(
+                        trial._trial_id, "aetool:failed", "orphaned: its worker stopped"
+                    )
+                    self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                    failed += 1
+                except (UpdateFinishedTrialError, RuntimeError, KeyError):
+                    pass  # another worker got there first, or it just finished
+        return failed
+
+    def status(self) -> tuple[list[GridPoint], set[GridPoint], set[GridPoint]]:
+        """(pending points in grid order, points done, points others are training)."""
+        from optuna.trial import TrialState
+
+        trials = self.trials()
+        if self.fail_orphans(trials):
+            trials = self.trials()
+        done = set(self.completed(trials))
+        running = {self.point_of(t) for t in trials
+                   if t.state == TrialState.RUNNING and self.alive(t)}
+        pending = [p for p in self.config.grid() if p not in done and p not in running]
+        return pending, done, running - done
+
+    # ---------------------------------------------------------------- writing
+
+    def _worker(self) -> dict[str, Any]:
+        return {"host": self.host, "pid": os.getpid()}
+
+    def claim(self, points: list[GridPoint]) -> list[tuple[int, GridPoint]]:
+        """Start a trial for each point; keep those no other live trial already covers."""
+        from optuna.trial import TrialState, create_trial
+
+        mine = []
+        for point in points:
+            template = create_trial(
+                state=TrialState.RUNNING, params=point.params, distributions=self.distributions,
+                system_attrs={
+                    "search_space": self.search_space, "grid_id": self.grid_ids[point],
+                    WORKER_ATTR: self._worker(), HEARTBEAT_ATTR: time.time(),
+                },
+            )
+            trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+            with self._lock:
+                self.in_flight[trial_id] = point
+            mine.append(trial_id)
+        trials = self.trials()
+        by_id = {t._trial_id: t for t in trials}
+        kept = []
+        for trial_id in mine:
+            trial = by_id[trial_id]
+            point = self.in_flight[trial_id]
+            earlier = [
+                t for t in trials
+                if t._trial_id != trial_id and self.point_of(t) == point
+                and (t.state == TrialState.COMPLETE
+                     or (t.state == TrialState.RUNNING and t.number < trial.number
+                         and self.alive(t)))
+            ]
+            if earlier:
+                self.finish(trial_id, TrialState.PRUNED,
+                            note=f"duplicate of trial {earlier[0].number}")
+            else:
+                kept.append((trial_id, point))
+        return kept
+
+    def finish(self, trial_id: int, state: Any, value: float | None = None,
+               attrs: dict[str, Any] | None = None, note: str | None = None) -> None:
+        """Record a trial's outcome; a COMPLETE result survives its trial having been failed
+        as orphaned meanwhile (it is then added as a new trial unless the point is done)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState, create_trial
+
+        with self._lock:
+            point = self.in_flight.pop(trial_id, None)
+        try:
+            for key, val in (attrs or {}).items():
+                self.storage.set_trial_user_attr(trial_id, key, val)
+            if note:
+                self.storage.set_trial_system_attr(trial_id, "aetool:note", note)
+            self.storage.set_trial_state_values(
+                trial_id, state, None if value is None else [value]
+            )
+        except UpdateFinishedTrialError:
+            if state != TrialState.COMPLETE or point is None or point in self.completed():
+                return
+            self.storage.create_new_trial(self.study_id, template_trial=create_trial(
+                state=TrialState.COMPLETE, value=value, params=point.params,
+                distributions=self.distributions, user_attrs=attrs or {},
+                system_attrs={"search_space": self.search_space,
+                              "grid_id": self.grid_ids[point], WORKER_ATTR: self._worker()},
+            ))
+
+    def fail_in_flight(self, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        for trial_id in list(self.in_flight):
+            try:
+                self.finish(trial_id, TrialState.FAIL, note=reason)
+            except Exception:  # noqa: BLE001 - best effort while stopping; orphans get retried
+                pass
+
+    @contextmanager
+    def heartbeat(self) -> Iterator[None]:
+        """Refresh the heartbeat of this worker's trials in a background thread."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.config.heartbeat_interval):
+                with self._lock:
+                    ids = list(self.in_flight)
+                for trial_id in ids:
+                    try:
+                        self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                    except Exception:  # noqa: BLE001 - finished meanwhile, or storage hiccup
+                        pass
+
+        thread = threading.Thread(target=beat, name="aetool-search-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def auto_parallel(device: torch.device, batch_size: int) -> int:
+    """How many models to train together: one on a CPU (vmap gains nothing there), on a GPU
+    as many as half its free memory holds (at most GPU_MAX_PARALLEL)."""
+    per_model = max(1, batch_size) * BYTES_PER_IMAGE
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    elif device.type == "mps":
+        free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    else:
+        return CPU_PARALLEL
+    return int(max(1, min(GPU_MAX_PARALLEL, free // 2 // per_model)))
+
+
+def _clean(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
+
+
+def _train_units(
+    jobs: list[TrainJob], images: torch.Tensor, epochs: int, parallel: int,
+    progress: Callable[[int], None],
+) -> tuple[list[Curves], int]:
+    """Train jobs in groups of `parallel`; halve the group after running out of GPU memory.
+    Returns the curves and the group size that worked."""
+    curves: list[Curves] = []
+    start = 0
+    while start < len(jobs):
+        group = jobs[start : start + parallel]
+        try:
+            curves += train_models(group, images, epochs, progress)
+        except torch.OutOfMemoryError:
+            if parallel == 1:
+                raise AetoolError(
+                    "The device ran out of memory training a single model; lower --batch-size."
+                ) from None
+            if images.device.type == "cuda":
+                torch.cuda.empty_cache()
+            parallel = max(1, parallel // 2)
+            continue
+        start += len(group)
+    return curves, parallel
+
+
+def run_search(
+    config: SearchConfig,
+    runs_root: Path | str | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    on_progress: SearchProgressFn | None = None,
+    data_progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Work through the grid with any other workers of the same study, wait until every point
+    is done, then write and return `runs/search/results.json`."""
+    from optuna.trial import TrialState
+
+    config.validate()
+    root = Path(runs_root) if runs_root is not None else runs.default_runs_root()
+    device = resolve_device(config.device)
+    images, checksum = search_images(config, data_dir, device, data_progress)
+    folds = fold_indices(images.shape[0], config.folds, config.seed)
+    protocol = {**config.protocol(), "train_images": int(images.shape[0]),
+                "dataset_sha256": checksum}
+    storage = open_storage(config.storage, root)
+    study = GridStudy(config, storage, protocol)
+    parallel = config.parallel or auto_parallel(device, config.batch_size)
+    grid = config.grid()
+    total = len(grid) * config.folds
+    units_done = 0.0
+
+    def report(done: set[GridPoint], status: str) -> None:
+        nonlocal units_done
+        units_done = len(done) * config.folds
+        if on_progress is not None:
+            on_progress(units_done, total, status)
+
+    tic = time.perf_counter()
+    with study.heartbeat():
+        try:
+            while True:
+                pending, done, elsewhere = study.status()
+                if not pending:
+                    if not elsewhere:
+                        report(done, "done")
+                        break
+                    report(done, f"waiting for {len(elsewhere)} settings other workers train")
+                    time.sleep(config.poll_interval)
+                    continue
+                ed = pending[0].ed
+                chosen = [p for p in pending if p.ed == ed][: max(1, parallel // config.folds)]
+                claimed = study.claim(chosen)
+                if not claimed:
+                    continue
+                status = f"ED {ed}: {len(claimed)} settings x {config.folds} folds"
+                report(done, status)
+                jobs = [TrainJob(config.fit_config(point, str(device)), tr, va)
+                        for _, point in claimed for tr, va in folds]
+
+                def advance(model_epochs: int, status: str = status) -> None:
+                    nonlocal units_done
+                    units_done += model_epochs / config.epochs
+                    if on_progress is not None:
+                        on_progress(min(units_done, total), total, status)
+
+                curves, parallel = _train_units(jobs, images, config.epochs, parallel, advance)
+                for i, (trial_id, _) in enumerate(claimed):
+                    fold_curves = curves[i * config.folds : (i + 1) * config.folds]
+                    study.finish(trial_id, TrialState.COMPLETE, *_trial_result(fold_curves, device))
+        except BaseException:
+            study.fail_in_flight("stopped: the worker was interrupted or failed")
+            raise
+    results = build_results(config, study, protocol)
+    results["study"]["storage"] = hide_password(config.storage) or str(
+        root / SEARCH_DIR / STUDY_LOG)
+    results["study"]["seconds"] = time.perf_counter() - tic
+    runs.save_json(root / SEARCH_DIR / RESULTS, results)
+    return results
+
+
+def _trial_result(fold_curves: list[Curves], device: torch.device
+                  ) -> tuple[float, dict[str, Any]]:
+    """A trial's objective (mean final validation loss, inf if any fold diverged) and the
+    attributes it keeps: fold losses and curves."""
+    finals = [c.val[-1] for c in fold_curves]
+    value = statistics.fmean(finals) if all(map(math.isfinite, finals)) else math.inf
+    return value, {
+        "fold_val": _clean(finals),
+        "fold_train": _clean([c.train[-1] for c in fold_curves]),
+        "curves": {"val": [_clean(c.val) for c in fold_curves],
+                   "train": [_clean(c.train) for c in fold_curves]},
+        "seconds": sum(c.seconds for c in fold_curves),
+        "device": device_description(device),
+    }
+
+
+def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The results file's content, from the study's COMPLETE trials (see COMMON format)."""
+    done = study.completed()
+    eds: dict[str, Any] = {}
+    missing = []
+    for ed in _unique(config.eds):
+        settings = []
+        for point in (p for p in config.grid() if p.ed == ed):
+            trial = done.get(point)
+            if trial is None:
+                missing.append(point.params)
+                continue
+            curves = trial.user_attrs["curves"]
+            settings.append(summarize_setting(point.lr, point.weight_decay,
+                                              curves["train"], curves["val"]))
+        best = select_best(settings, config.max_loss, config.max_oscillation)
+        eds[str(ed)] = {"settings": settings, "best": best}
+    grid = {
+        "ed": protocol["ed"], "lr": protocol["lr"], "weight_decay": protocol["weight_decay"],
+        "folds": config.folds, "epochs": config.epochs, "batch_size": config.batch_size,
+        "seed": config.seed, "dataset": config.dataset, "val_size": config.val_size,
+        "limit": config.limit, "train_images": protocol["train_images"],
+        "max_loss": config.max_loss, "max_oscillation": config.max_oscillation,
+        "oscillation": OSCILLATION_DEFINITION,
+        "std": "population standard deviation over the folds",
+    }
+    return {
+        "grid": grid,
+        "eds": eds,
+        "complete": not missing,
+        "missing": missing,
+        "study": {"name": study.name},
+    }
+
+
+# --------------------------------------------------------------------------- reading results
+
+
+def results_path(runs_root: Path | str | None = None) -> Path:
+    root = Path(runs_root) if runs_root is not None else runs.default_runs_root()
+    return root / SEARCH_DIR / RESULTS
+
+
+def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:
+    path = results_path(runs_root)
+    if not path.exists():
+        raise RunError(f"There are no search results in {path}; run `aetool search` first.")
+    results = runs.load_json(path)
+    if not isinstance(results, dict) or "eds" not in results:
+        raise RunError(f"{path} does not hold search results.")
+    return results
+
+
+def best_setting(runs_root: Path | str | None, ed: int) -> dict[str, float]:
+    """The lr and weight decay the last search chose for encoding dimension `ed`."""
+    results = load_results(runs_root)
+    path = results_path(runs_root)
+    entry = results["eds"].get(str(ed))
+    if entry is None:
+        raise RunError(
+            f"The search in {path} did not cover ED {ed}; run `aetool search --ed {ed}` first."
+        )
+    best = entry.get("best")
+    if not best:
+        raise RunError(
+            f"No setting for ED {ed} passed the search's selection rule in {path}; "
+            "widen the grid or loosen --max-loss / --max-oscillation."
+        )
+    return {"lr": float(best["lr"]), "weight_decay": float(best["weight_decay"])}
