@@ -290,6 +290,8 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
+    # aetool reports progress itself; Optuna's per-study INFO lines would clutter stderr.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         if url is None or "://" not in url:
             path = Path(url) if url else runs_root / SEARCH_DIR / STUDY_LOG
