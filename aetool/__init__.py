@@ -1,4 +1,5 @@
-"""aetool: train, search, stress-test and explain convolutional autoencoders on MNIST-like images."""
+"""aetool: train, search, stress-test and explain convolutional autoencoders on MNIST-like
+images."""
 
 from importlib.metadata import PackageNotFoundError, version
 

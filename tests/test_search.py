@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aetool import runs, search
+from aetool import runs, search, search_study
 from aetool.cli import app
 from aetool.errors import RunError
 from aetool.search import (
@@ -286,7 +286,7 @@ def test_orphaned_trials_of_a_dead_worker_are_retried(fake_data_dir, workspace):
     dead.wait()
     [(trial_id, point)] = study.claim(config.grid())
     study.in_flight.clear()  # as if another process had claimed it...
-    storage.set_trial_system_attr(trial_id, search.WORKER_ATTR,
+    storage.set_trial_system_attr(trial_id, search_study.WORKER_ATTR,
                                   {"host": study.host, "pid": dead.pid})  # ...and died
     pending, done, elsewhere = study.status()
     assert pending == [point] and not elsewhere
@@ -295,9 +295,11 @@ def test_orphaned_trials_of_a_dead_worker_are_retried(fake_data_dir, workspace):
     # On another host only the heartbeat tells: fresh is alive, stale is orphaned.
     [(trial_id, point)] = study.claim(config.grid())
     study.in_flight.clear()
-    storage.set_trial_system_attr(trial_id, search.WORKER_ATTR, {"host": "elsewhere", "pid": 1})
+    storage.set_trial_system_attr(
+        trial_id, search_study.WORKER_ATTR, {"host": "elsewhere", "pid": 1}
+    )
     assert study.status()[2] == {point}
-    storage.set_trial_system_attr(trial_id, search.HEARTBEAT_ATTR, time.time() - 1000)
+    storage.set_trial_system_attr(trial_id, search_study.HEARTBEAT_ATTR, time.time() - 1000)
     assert study.status()[0] == [point]
 
 
@@ -366,7 +368,7 @@ def test_two_workers_share_one_study_and_split_the_grid(fake_data_dir, workspace
     # Each point trained once: one COMPLETE, nothing failed; a duplicate claim is pruned
     # before any training.
     assert all(c["COMPLETE"] == 1 and c["FAIL"] == 0 for c in table.values())
-    pids = Counter(t.system_attrs[search.WORKER_ATTR]["pid"] for t in trials
+    pids = Counter(t.system_attrs[search_study.WORKER_ATTR]["pid"] for t in trials
                    if t.state.name == "COMPLETE")
     assert set(pids) == {w.pid for w in workers}, f"one worker did everything: {pids}"
     assert json.loads(outputs[0][0])["eds"] == json.loads(outputs[1][0])["eds"]

@@ -12,7 +12,8 @@ from aetool.study import StudySettings, run_study
 
 def tiny(**overrides) -> StudySettings:
     values = dict(eds=[2, 3], lrs=[1e-2], weight_decays=[1e-5, 1e-4], folds=2, search_epochs=1,
-                  max_epochs=2, val_size=100, max_loss=1.0, device="cpu", noises=["original", "uniform"])
+                  max_epochs=2, val_size=100, max_loss=1.0, device="cpu",
+                  noises=["original", "uniform"])
     values.update(overrides)
     return StudySettings(**values)
 

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from aetool import runs
 from aetool.cli.app import app
-from aetool.cli.noises import check_noise_option
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
@@ -25,6 +24,7 @@ from aetool.cli.common import (
     progress_bar,
     stderr,
 )
+from aetool.cli.noises import check_noise_option
 from aetool.training import PRESETS, FitResult, preset_config, resume_config
 
 
