@@ -40,6 +40,10 @@ def study(
         int, typer.Option(help="Epochs per (setting, fold) in the search.",
                           callback=_at_least_one)
     ] = 20,
+    max_loss: Annotated[
+        float, typer.Option(help="Search: drop settings whose final validation loss on any fold "
+                            "exceeds this.")
+    ] = 0.1,
     skip_search: Annotated[
         bool, typer.Option("--skip-search", help="Fit with the preset's lr and weight decay.")
     ] = False,
@@ -83,7 +87,7 @@ def study(
     settings = StudySettings(
         eds=ed or defaults.eds, lrs=lr or defaults.lrs,
         weight_decays=weight_decay or defaults.weight_decays, folds=folds,
-        search_epochs=search_epochs, preset=preset, max_epochs=max_epochs, noises=noise,
+        search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs, noises=noise,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         val_size=val_size, skip_search=skip_search,
     )
