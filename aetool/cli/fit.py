@@ -46,6 +46,14 @@ def _at_least_one(value: int | None) -> int | None:
     return value
 
 
+def _mode(value: str) -> str:
+    from aetool.fast import MODES
+
+    if value not in MODES:
+        raise typer.BadParameter(f"unknown mode {value!r}; choose one of: {', '.join(MODES)}")
+    return value
+
+
 def _preset(value: str) -> str:
     if value not in PRESETS:
         raise typer.BadParameter(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
@@ -103,6 +111,15 @@ def fit(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing run folder.")
     ] = False,
+    mode: Annotated[
+        str,
+        typer.Option(help="How epochs run: auto (tuned; eager on MPS), graph (whole step in a "
+                     "CUDA graph), compile, tuned, or eager (plain PyTorch).", callback=_mode),
+    ] = "auto",
+    no_compile: Annotated[
+        bool, typer.Option("--no-compile", help="Plain eager PyTorch (same as --mode eager), "
+                           "for debugging.")
+    ] = False,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
     data_dir: DataDirOption = None,
@@ -132,7 +149,8 @@ def fit(
         )
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
-    result = train_with_progress(config, run_dir, data_dir=data_dir, resume=resume)
+    result = train_with_progress(config, run_dir, data_dir=data_dir, resume=resume,
+                                 mode="eager" if no_compile else mode)
     if json_output:
         print_json(summary(result))
     else:
@@ -141,7 +159,7 @@ def fit(
 
 
 def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, resume: bool = False,
-                        label: str | None = None) -> FitResult:
+                        label: str | None = None, mode: str = "auto") -> FitResult:
     """`training.fit` with a rich progress bar on stderr (epochs, losses, time left)."""
     from aetool.training import fit as fit_model
 
@@ -157,7 +175,7 @@ def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, res
 
         with download_progress() as data_progress:
             result = fit_model(config, run_dir, data_dir=data_dir, resume=resume,
-                               on_epoch=on_epoch, data_progress=data_progress)
+                               on_epoch=on_epoch, data_progress=data_progress, mode=mode)
         progress.update(task, total=len(result.history), completed=len(result.history))
     return result
 
@@ -186,7 +204,8 @@ def summary_table(result: FitResult) -> Table:
         ("best epoch", str(result.best_epoch)),
         ("best validation MSE", f"{result.best_val_loss:.6f}"),
         ("test MSE", f"{result.test_mse:.6f}"),
-        ("training time", f"{result.seconds:.1f} s ({result.device})"),
+        ("training time", f"{result.seconds:.1f} s ({result.device}, "
+                          f"{result.metrics['environment']['train_mode']})"),
         ("lr / weight decay", f"{result.config.lr:g} / {result.config.weight_decay:g}"),
     ]
     for key, value in rows:

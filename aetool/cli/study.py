@@ -87,7 +87,8 @@ def study(
     settings = StudySettings(
         eds=ed or defaults.eds, lrs=lr or defaults.lrs,
         weight_decays=weight_decay or defaults.weight_decays, folds=folds,
-        search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs, noises=noise,
+        search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs,
+        noises=noise,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         val_size=val_size, skip_search=skip_search,
     )
