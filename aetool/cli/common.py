@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -49,6 +50,31 @@ DatasetOption = Annotated[
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print machine-readable results on stdout.")
 ]
+
+
+def at_least(minimum: int) -> Callable[[int | None], int | None]:
+    """A Typer callback refusing whole numbers below `minimum` (exit 2)."""
+
+    def callback(value: int | None) -> int | None:
+        if value is not None and value < minimum:
+            raise typer.BadParameter(f"must be at least {minimum}, got {value}")
+        return value
+
+    return callback
+
+
+def positive(value: float | None) -> float | None:
+    """A Typer callback refusing numbers that are not positive and finite (exit 2)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"must be positive, got {value:g}")
+    return value
+
+
+def non_negative(value: float | None) -> float | None:
+    """A Typer callback refusing negative numbers (exit 2)."""
+    if value is not None and not value >= 0:
+        raise typer.BadParameter(f"must be zero or more, got {value:g}")
+    return value
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -20,6 +20,7 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
     print_json,
@@ -39,15 +40,6 @@ class Target:
     model: torch.nn.Module
     dataset: str
     folder: Path | None
-
-
-def _at_least(minimum: int) -> Any:
-    def check(value: int | None) -> int | None:
-        if value is not None and value < minimum:
-            raise typer.BadParameter(f"must be at least {minimum}")
-        return value
-
-    return check
 
 
 @app.command()
@@ -80,11 +72,11 @@ def corrupt(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of every noise's generator.")] = 42,
     batch_size: Annotated[
-        int, typer.Option(help="Test images per batch.", callback=_at_least(1))
+        int, typer.Option(help="Test images per batch.", callback=at_least(1))
     ] = 1000,
     examples: Annotated[
         int, typer.Option(help="Test images per noise in the example PNG (0: no PNG).",
-                          callback=_at_least(0))
+                          callback=at_least(0))
     ] = 3,
     device: DeviceOption = "auto",
     dataset: Annotated[

@@ -18,32 +18,17 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
+    non_negative,
+    positive,
     print_json,
     progress_bar,
     stderr,
 )
 from aetool.cli.noises import check_noise_option
 from aetool.training import PRESETS, FitResult, preset_config, resume_config
-
-
-def _positive(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise typer.BadParameter("must be positive")
-    return value
-
-
-def _non_negative(value: float | None) -> float | None:
-    if value is not None and value < 0:
-        raise typer.BadParameter("must be zero or more")
-    return value
-
-
-def _at_least_one(value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise typer.BadParameter("must be at least 1")
-    return value
 
 
 def _mode(value: str) -> str:
@@ -63,34 +48,34 @@ def _preset(value: str) -> str:
 @app.command()
 @handle_errors
 def fit(
-    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=_at_least_one)] = 4,
+    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
     preset: Annotated[
         str, typer.Option(help=f"Starting settings: {', '.join(PRESETS)}.", callback=_preset)
     ] = "report",
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", callback=_positive)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.", callback=positive)] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="Adam weight decay.", callback=_non_negative)
+        float | None, typer.Option(help="Adam weight decay.", callback=non_negative)
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Batch size.", callback=_at_least_one)
+        int | None, typer.Option(help="Batch size.", callback=at_least(1))
     ] = None,
     max_epochs: Annotated[
-        int | None, typer.Option(help="Most epochs to train.", callback=_at_least_one)
+        int | None, typer.Option(help="Most epochs to train.", callback=at_least(1))
     ] = None,
     patience: Annotated[
         int | None,
-        typer.Option(help="Early-stopping window in epochs (0: off).", callback=_non_negative),
+        typer.Option(help="Early-stopping window in epochs (0: off).", callback=non_negative),
     ] = None,
     tolerance: Annotated[
         float | None,
         typer.Option(help="Stop once val loss moved less than this over the window.",
-                     callback=_non_negative),
+                     callback=non_negative),
     ] = None,
     schedule: Annotated[
         str | None, typer.Option(help="Learning-rate schedule: constant or cosine.")
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.", callback=_at_least_one)
+        int, typer.Option(help="Training images held out for validation.", callback=at_least(1))
     ] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
     noise: Annotated[

@@ -17,8 +17,11 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
+    non_negative,
+    positive,
     print_json,
     progress_bar,
     stderr,
@@ -44,27 +47,6 @@ def _each(check: Any, message: str) -> Any:
         return values
 
     return callback
-
-
-def _at_least(minimum: int) -> Any:
-    def callback(value: int | None) -> int | None:
-        if value is not None and value < minimum:
-            raise typer.BadParameter(f"must be at least {minimum}, got {value}")
-        return value
-
-    return callback
-
-
-def _positive(value: float) -> float:
-    if not (value > 0 and math.isfinite(value)):
-        raise typer.BadParameter(f"must be positive, got {value:g}")
-    return value
-
-
-def _non_negative(value: float) -> float:
-    if not value >= 0:
-        raise typer.BadParameter(f"must be zero or more, got {value:g}")
-    return value
 
 
 def _parallel(value: str) -> str:
@@ -99,24 +81,24 @@ def search(
                      callback=_each(lambda v: v >= 0 and math.isfinite(v), "must be zero or more")),
     ] = None,
     folds: Annotated[
-        int, typer.Option(help="Folds of the cross-validation.", callback=_at_least(2))
+        int, typer.Option(help="Folds of the cross-validation.", callback=at_least(2))
     ] = _DEFAULTS.folds,
     epochs: Annotated[
-        int, typer.Option(help="Epochs per setting and fold.", callback=_at_least(1))
+        int, typer.Option(help="Epochs per setting and fold.", callback=at_least(1))
     ] = _DEFAULTS.epochs,
     batch_size: Annotated[
         int, typer.Option(help="Batch size (fit's default, so the choice suits fit).",
-                          callback=_at_least(1))
+                          callback=at_least(1))
     ] = _DEFAULTS.batch_size,
     seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.")] = 0,
     max_loss: Annotated[
         float, typer.Option(help="Drop settings whose final val loss on any fold is above.",
-                            callback=_positive)
+                            callback=positive)
     ] = _DEFAULTS.max_loss,
     max_oscillation: Annotated[
         float, typer.Option(help="Drop settings whose val curve oscillates more than this "
                             "(upward moves over the last half / its mean).",
-                            callback=_non_negative)
+                            callback=non_negative)
     ] = _DEFAULTS.max_oscillation,
     parallel: Annotated[
         str, typer.Option(help="Models trained together on the device (auto: 1 on a CPU, as "
@@ -133,11 +115,11 @@ def search(
     ] = None,
     val_size: Annotated[
         int, typer.Option(help="fit's validation images, kept out of the search.",
-                          callback=_at_least(1))
+                          callback=at_least(1))
     ] = _DEFAULTS.val_size,
     limit: Annotated[
         int | None, typer.Option(hidden=True, help="Use only the first N training images.",
-                                 callback=_at_least(4))
+                                 callback=at_least(4))
     ] = None,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",

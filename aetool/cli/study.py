@@ -14,12 +14,13 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     handle_errors,
     print_json,
     progress_bar,
     stderr,
 )
-from aetool.cli.fit import _at_least_one, _preset
+from aetool.cli.fit import _preset
 from aetool.study import STAGES, StudySettings, run_study
 
 
@@ -38,7 +39,7 @@ def study(
     folds: Annotated[int, typer.Option(help="Cross-validation folds of the search.")] = 3,
     search_epochs: Annotated[
         int, typer.Option(help="Epochs per (setting, fold) in the search.",
-                          callback=_at_least_one)
+                          callback=at_least(1))
     ] = 20,
     max_loss: Annotated[
         float, typer.Option(help="Search: drop settings whose final validation loss on any fold "
@@ -50,7 +51,7 @@ def study(
     preset: Annotated[str, typer.Option(help="fit's starting settings.", callback=_preset)
                       ] = "report",
     max_epochs: Annotated[
-        int | None, typer.Option(help="Cap on fit's epochs.", callback=_at_least_one)
+        int | None, typer.Option(help="Cap on fit's epochs.", callback=at_least(1))
     ] = None,
     noise: Annotated[
         list[str] | None,
@@ -64,7 +65,7 @@ def study(
     seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.")] = 0,
     val_size: Annotated[
         int, typer.Option(help="Training images held out for validation.",
-                          callback=_at_least_one)
+                          callback=at_least(1))
     ] = 10_000,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
