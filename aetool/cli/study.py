@@ -36,7 +36,9 @@ def study(
         typer.Option("--weight-decay", help="Search grid: weight decays.",
                      show_default="1e-3 1e-4 1e-5"),
     ] = None,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds of the search.")] = 3,
+    folds: Annotated[
+        int, typer.Option(help="Cross-validation folds of the search.", callback=at_least(2))
+    ] = 3,
     search_epochs: Annotated[
         int, typer.Option(help="Epochs per (setting, fold) in the search.",
                           callback=at_least(1))
@@ -78,8 +80,6 @@ def study(
     Finished work in the workspace is skipped, so an interrupted study continues where it
     stopped. The wall time of every stage is printed and saved in runs/study.json.
     """
-    if folds < 2:
-        raise typer.BadParameter("must be at least 2", param_hint="--folds")
     if noise:
         from aetool.cli.noises import parse_noise_option
 
