@@ -353,18 +353,10 @@ class EagerEpoch:
                 use_fast_cpu_layers(model)
         if _is_adam_family(optimizer):
             configure_optimizer(optimizer, fused=self.fused_adam and fused_supported(images.device))
-        model.train()
-        n = images.shape[0]
-        order = torch.randperm(n, generator=shuffle).to(images.device, non_blocking=True)
-        total = torch.zeros((), device=images.device)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            clean = to_float(images[idx])
-            inputs = noise(clean, noise_generator) if noise is not None else clean
-            loss = self._loss_and_backward(inputs, clean, full=idx.numel() == batch_size)
-            optimizer.step()
-            total += loss.detach() * idx.numel()
-        return (total / n).item()
+        from aetool.training import train_epoch  # lazy: training imports this module
+
+        return train_epoch(model, optimizer, images, batch_size, shuffle, noise,
+                           noise_generator, backward=self._loss_and_backward)
 
 
 # --------------------------------------------------------------------------- CUDA graph

@@ -27,6 +27,8 @@ from aetool.model import Autoencoder
 
 # A noise turns a clean float batch into a corrupted one, drawing randomness from `generator`.
 NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# Loss and backward of one step: (inputs, clean targets, is a full batch) -> the loss.
+BackwardFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
 @dataclass
@@ -152,8 +154,12 @@ def train_epoch(
     shuffle: torch.Generator,
     noise: NoiseFn | None = None,
     noise_generator: torch.Generator | None = None,
+    backward: BackwardFn | None = None,
 ) -> float:
-    """One pass over `images` in a seeded random order; returns the mean training loss."""
+    """One pass over `images` in a seeded random order; returns the mean training loss.
+
+    `backward(inputs, clean, full_batch)` may replace the plain loss + backward of a step
+    (`aetool.fast` passes compiled or tuned kernels); the optimiser step stays here."""
     model.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=shuffle).to(images.device, non_blocking=True)
@@ -162,9 +168,12 @@ def train_epoch(
         idx = order[start : start + batch_size]
         clean = to_float(images[idx])
         inputs = noise(clean, noise_generator) if noise is not None else clean
-        loss = F.mse_loss(model(inputs), clean)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if backward is None:
+            loss = F.mse_loss(model(inputs), clean)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            loss = backward(inputs, clean, idx.numel() == batch_size)
         optimizer.step()
         total += loss.detach() * idx.numel()
     return (total / n).item()
