@@ -29,10 +29,10 @@ from aetool.corrupt import NOISE_TABLE
 from aetool.data import write_atomic
 from aetool.embed import EMBEDDING_JSON
 from aetool.errors import AetoolError
+from aetool.search import results_path
 
 TEMPLATE = "report.html.j2"
 REPORT_FILE = "report.html"
-SEARCH_RESULTS = Path("search") / "results.json"
 MAX_IMAGE_WIDTH = 900  # pixels; wider PNGs are downscaled before they are inlined
 MAX_IMAGE_BYTES = 350_000  # per inlined PNG; larger ones are scaled down until they fit
 MIN_IMAGE_WIDTH = 320  # but never narrower than this
@@ -269,7 +269,7 @@ def _settings_row(run: runs.Run) -> dict[str, Any]:
 def _search_section(root: Path) -> tuple[list[dict[str, Any]], int]:
     """Per ED: the lr x wd grid of mean CV validation loss, dropped and best settings marked;
     and how many settings the search has still to run."""
-    path = root / SEARCH_RESULTS
+    path = results_path(root)
     if not path.is_file():
         return [], 0
     results = runs.load_json(path)
