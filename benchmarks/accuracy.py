@@ -48,6 +48,12 @@ def train_one(
     if (run_dir / runs.METRICS).exists():
         metrics = runs.load_json(run_dir / runs.METRICS)
         saved = training.FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
+        differ = [k for k, v in asdict(config).items() if k != "device" and asdict(saved)[k] != v]
+        if differ:
+            raise AetoolError(
+                f"{run_dir} holds a finished run with other settings ({', '.join(differ)}); "
+                "pick another --workspace or the same settings."
+            )
         print(f"ED {ed}: reusing the finished run {run_dir}", file=sys.stderr)
         return row(ed, saved, metrics, run_dir)
     resume = (run_dir / runs.STATE).exists()
@@ -121,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None, help="override the preset")
     parser.add_argument("--warmup-epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--seed", type=int, default=None, help="override the preset")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="validation images (default 10,000; for small data sets)")
     parser.add_argument("--every", type=int, default=25, help="log every N epochs")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     args = parser.parse_args(argv)
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "max_epochs": args.max_epochs, "lr": args.lr,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
         "schedule": args.schedule, "patience": args.patience, "seed": args.seed,
-        "warmup_epochs": args.warmup_epochs,
+        "warmup_epochs": args.warmup_epochs, "val_size": args.val_size,
     }
     tic = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aetool-accuracy-") as tmp:

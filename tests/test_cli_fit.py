@@ -42,6 +42,7 @@ def test_version():
         (["--batch-size", "0"], "--batch-size"),
         (["--preset", "nope"], "unknown preset"),
         (["--schedule", "wavy"], "constant or cosine"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs"),
         (["--lr", "abc"], "--lr"),
     ],
 )
@@ -54,13 +55,16 @@ def test_bad_options_exit_2_with_one_clear_message(args, needle, workspace):
 
 def test_fit_json_and_run_folder(fake_data_dir, workspace):
     result = invoke("fit", "--ed", "3", "--max-epochs", "2", "--batch-size", "100",
-                    "--device", "cpu", "--data-dir", fake_data_dir, "--val-size", "100", "--json")
+                    "--warmup-epochs", "1", "--device", "cpu", "--data-dir", fake_data_dir,
+                    "--val-size", "100", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["ed"] == 3 and summary["epochs"] == 2
     assert summary["test_mse"] > 0
     run = runs.open_run(workspace / "ed3")
     assert run.finished and run.config["batch_size"] == 100
+    assert run.config["preset"] == "best" and run.config["schedule"] == "cosine"
+    assert run.config["warmup_epochs"] == 1
 
     again = invoke("fit", "--ed", "3", "--max-epochs", "2", "--data-dir", fake_data_dir)
     assert again.exit_code == 1
@@ -91,7 +95,8 @@ def test_resume_without_a_run(workspace):
 def test_sigterm_keeps_finished_epochs_and_resume_finishes(fake_data_dir, workspace):
     env = dict(os.environ, AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir))
     cmd = [sys.executable, "-m", "aetool", "fit", "--ed", "2", "--max-epochs", "400",
-           "--batch-size", "50", "--device", "cpu", "--patience", "0", "--val-size", "100"]
+           "--preset", "report", "--batch-size", "50", "--device", "cpu", "--patience", "0",
+           "--val-size", "100"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     history = workspace / "ed2" / runs.HISTORY
     deadline = time.time() + 60

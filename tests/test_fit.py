@@ -10,6 +10,7 @@ import torch
 from aetool import runs
 from aetool.errors import AetoolError, RunError
 from aetool.training import (
+    DEFAULT_PRESET,
     FitConfig,
     fit,
     learning_rate,
@@ -19,10 +20,10 @@ from aetool.training import (
 )
 
 
-def small(**overrides) -> FitConfig:
+def small(preset: str = "report", **overrides) -> FitConfig:
     values = dict(ed=4, max_epochs=3, batch_size=100, device="cpu", lr=1e-2)
     values.update(overrides)
-    return preset_config("report", **values)
+    return preset_config(preset, **values)
 
 
 def test_report_preset_is_the_report():
@@ -30,6 +31,15 @@ def test_report_preset_is_the_report():
     assert (config.lr, config.weight_decay, config.batch_size) == (1e-2, 1e-5, 1000)
     assert (config.max_epochs, config.patience, config.tolerance) == (2000, 100, 1e-4)
     assert config.schedule == "constant"
+
+
+def test_the_improved_recipe_is_the_default_and_the_study_follows_it():
+    from aetool.study import StudySettings
+
+    config = preset_config()
+    assert DEFAULT_PRESET == "best" and config.preset == "best"
+    assert config.schedule == "cosine" and config.patience == 0 and config.warmup_epochs > 0
+    assert StudySettings().preset == DEFAULT_PRESET
 
 
 def test_bad_settings_are_refused():
@@ -99,8 +109,11 @@ def test_same_seed_same_result(fake_split):
     assert [r.val_loss for r in a.history] == [r.val_loss for r in b.history]
 
 
-def test_interrupt_keeps_finished_epochs_and_resume_reaches_the_same_result(fake_split, tmp_path):
-    config = small(max_epochs=4)
+@pytest.mark.parametrize("preset", ["report", "best"])
+def test_interrupt_keeps_finished_epochs_and_resume_reaches_the_same_result(
+    preset, fake_split, tmp_path
+):
+    config = small(preset, max_epochs=4)
     straight = fit(config, tmp_path / "straight", split=fake_split)
 
     run_dir = tmp_path / "interrupted"
@@ -134,6 +147,20 @@ def test_resume_refuses_other_settings(fake_split, tmp_path):
         fit(small(), tmp_path / "r", split=fake_split, on_epoch=stop)
     with pytest.raises(RunError, match="differ in lr"):
         fit(small(lr=0.5), tmp_path / "r", split=fake_split, resume=True)
+
+
+def test_resume_refuses_a_new_length_for_a_cosine_schedule(fake_split, tmp_path):
+    def stop(record, cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(small("best", max_epochs=4), tmp_path / "r", split=fake_split, on_epoch=stop)
+    longer = resume_config(tmp_path / "r", max_epochs=8)
+    with pytest.raises(RunError, match="cosine schedule decays over the 4 epochs"):
+        fit(longer, tmp_path / "r", split=fake_split, resume=True)
+    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split, resume=True)
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1].lr < resumed.history[1].lr  # decayed on the original schedule
 
 
 def test_divergence_is_reported(fake_split):

@@ -28,7 +28,13 @@ from aetool.cli.common import (
     stderr,
 )
 from aetool.cli.noises import check_noise_option
-from aetool.training import PRESETS, FitResult, preset_config, resume_config
+from aetool.training import (
+    DEFAULT_PRESET,
+    PRESETS,
+    FitResult,
+    preset_config,
+    resume_config,
+)
 
 
 def _mode(value: str) -> str:
@@ -50,8 +56,10 @@ def _preset(value: str) -> str:
 def fit(
     ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
     preset: Annotated[
-        str, typer.Option(help=f"Starting settings: {', '.join(PRESETS)}.", callback=_preset)
-    ] = "report",
+        str,
+        typer.Option(help=f"Starting settings: {', '.join(PRESETS)}. best: aetool's recipe; "
+                     "report: the seed report's exact training.", callback=_preset),
+    ] = DEFAULT_PRESET,
     lr: Annotated[float | None, typer.Option(help="Learning rate.", callback=positive)] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="Adam weight decay.", callback=non_negative)
@@ -72,7 +80,13 @@ def fit(
                      callback=non_negative),
     ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="Learning-rate schedule: constant or cosine.")
+        str | None, typer.Option(help="Learning-rate schedule: constant or cosine (to 0 at "
+                                 "--max-epochs).")
+    ] = None,
+    warmup_epochs: Annotated[
+        int | None,
+        typer.Option(help="Linear learning-rate warm-up over the first N epochs.",
+                     callback=non_negative),
     ] = None,
     val_size: Annotated[
         int, typer.Option(help="Training images held out for validation.", callback=at_least(1))
@@ -111,7 +125,7 @@ def fit(
     runs_root: RunsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Train an autoencoder with early stopping; keep its checkpoint, history and settings."""
+    """Train an autoencoder; keep its best checkpoint, history and settings."""
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     if schedule is not None and schedule not in ("constant", "cosine"):
@@ -130,7 +144,8 @@ def fit(
         config = preset_config(
             preset, ed=ed, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
             max_epochs=max_epochs, patience=patience, tolerance=tolerance, schedule=schedule,
-            seed=seed, device=device, dataset=dataset, noise=noise, val_size=val_size,
+            warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
+            val_size=val_size,
         )
         if force and run_dir.exists():
             shutil.rmtree(run_dir)

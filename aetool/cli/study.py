@@ -22,6 +22,7 @@ from aetool.cli.common import (
 )
 from aetool.cli.fit import _preset
 from aetool.study import STAGES, StudySettings, run_study
+from aetool.training import DEFAULT_PRESET
 
 
 @app.command()
@@ -50,8 +51,10 @@ def study(
     skip_search: Annotated[
         bool, typer.Option("--skip-search", help="Fit with the preset's lr and weight decay.")
     ] = False,
-    preset: Annotated[str, typer.Option(help="fit's starting settings.", callback=_preset)
-                      ] = "report",
+    preset: Annotated[
+        str, typer.Option(help="fit's starting settings (report: the seed report's exact "
+                          "training).", callback=_preset)
+    ] = DEFAULT_PRESET,
     max_epochs: Annotated[
         int | None, typer.Option(help="Cap on fit's epochs.", callback=at_least(1))
     ] = None,
