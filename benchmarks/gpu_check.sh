@@ -38,7 +38,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 "$py" -c "import torch; print(torch.__version__, torch.cuda.is_available() and
 torch.cuda.get_device_name())" >> "$out/gpu.txt" 2>&1
 
-step() {  # step NAME TIMEOUT COMMAND...: run, keep its log, go on whatever happens
+step() {  # step NAME TIMEOUT COMMAND...: run, keep its JSON and log, go on whatever happens
     local name=$1 limit=$2; shift 2
     echo "== $name: $*"
     timeout "$limit" "$@" > >(tee "$out/$name.json") 2> "$out/$name.log"
@@ -46,7 +46,12 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its log, go on whatever happ
     tail -n 25 "$out/$name.log"
 }
 
-step tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_batched.py
+# At most 8 files come back from a device call: gpu.txt, tests.log and 3 x (json, log).
+echo "== tests"
+timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_fast.py tests/test_batched.py \
+    > "$out/tests.log" 2>&1
+echo "== tests: exit $?"
+tail -n 15 "$out/tests.log"
 step speed 150 "$py" benchmarks/speed.py --device "$device" --modes "$modes" --epochs 5 --fit \
     --json
 step search_speed 90 "$py" benchmarks/search_speed.py --device "$device" --json
