@@ -16,6 +16,7 @@ from typing import Any
 
 from aetool import runs
 from aetool.errors import AetoolError
+from aetool.training import DEFAULT_PRESET
 
 STAGES = ("search", "fit", "corrupt", "embed", "report")
 STUDY_FILE = "study.json"
@@ -33,7 +34,7 @@ class StudySettings:
     folds: int = 3  # k-fold cross-validation of the search
     search_epochs: int = 20  # epochs per (setting, fold) in the search
     max_loss: float = 0.1  # the search drops settings whose final val loss exceeds this
-    preset: str = "best"  # fit's start (training.DEFAULT_PRESET); the search's lr, wd on top
+    preset: str = DEFAULT_PRESET  # fit's starting settings; the search's lr and wd go on top
     max_epochs: int | None = None  # cap on fit's epochs (None: the preset's)
     noises: list[str] | None = None  # corrupt's noises (None: the report's Table 1)
     methods: list[str] = field(default_factory=lambda: ["pca"])  # embed's projections

@@ -48,7 +48,8 @@ def train_one(
     if (run_dir / runs.METRICS).exists():
         metrics = runs.load_json(run_dir / runs.METRICS)
         saved = training.FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
-        differ = [k for k, v in asdict(config).items() if k != "device" and asdict(saved)[k] != v]
+        saved_values = asdict(saved)
+        differ = [k for k, v in asdict(config).items() if k != "device" and saved_values[k] != v]
         if differ:
             raise AetoolError(
                 f"{run_dir} holds a finished run with other settings ({', '.join(differ)}); "

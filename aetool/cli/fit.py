@@ -31,6 +31,7 @@ from aetool.cli.noises import check_noise_option
 from aetool.training import (
     DEFAULT_PRESET,
     PRESETS,
+    SCHEDULES,
     FitResult,
     preset_config,
     resume_config,
@@ -128,8 +129,8 @@ def fit(
     """Train an autoencoder; keep its best checkpoint, history and settings."""
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
-    if schedule is not None and schedule not in ("constant", "cosine"):
-        raise typer.BadParameter("must be constant or cosine", param_hint="--schedule")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise typer.BadParameter(f"must be {' or '.join(SCHEDULES)}", param_hint="--schedule")
     root = runs_root if runs_root is not None else runs.default_runs_root()
     run_dir = root / (name or f"ed{ed}")
     if from_search:
