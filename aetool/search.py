@@ -74,6 +74,10 @@ BYTES_PER_IMAGE = 160_000  # activations and gradients of one image in one model
 
 # (completed units, total units, what is happening); a unit is one (ED, setting, fold).
 SearchProgressFn = Callable[[float, int, str], None]
+# Called with each group of models (one TrainJob per grid point and fold) right before this
+# worker trains them: what a worker actually trains, e.g. to check that no point is trained
+# twice. A group retried with fewer models after running out of GPU memory is reported again.
+TrainHook = Callable[[list[TrainJob]], None]
 
 
 @dataclass
@@ -286,14 +290,16 @@ def _clean(values: list[float]) -> list[float | None]:
 
 def _train_units(
     jobs: list[TrainJob], images: torch.Tensor, epochs: int, parallel: int,
-    progress: Callable[[int], None],
+    progress: Callable[[int], None], on_train: TrainHook | None = None,
 ) -> tuple[list[Curves], int]:
     """Train jobs in groups of `parallel`; halve the group after running out of GPU memory.
-    Returns the curves and the group size that worked."""
+    Returns the curves and the group size that worked. `on_train` sees each group first."""
     curves: list[Curves] = []
     start = 0
     while start < len(jobs):
         group = jobs[start : start + parallel]
+        if on_train is not None:
+            on_train(group)
         try:
             curves += train_models(group, images, epochs, progress)
         except torch.OutOfMemoryError:
@@ -316,9 +322,13 @@ def run_search(
     data_dir: Path | str | None = None,
     on_progress: SearchProgressFn | None = None,
     data_progress: ProgressFn | None = None,
+    on_train: TrainHook | None = None,
 ) -> dict[str, Any]:
     """Work through the grid with any other workers of the same study, wait until every point
-    is done, then write and return `runs/search/results.json`."""
+    is done, then write and return `runs/search/results.json`.
+
+    `on_train` (a `TrainHook`) is called with every group of models this worker is about to
+    train, after its claims on their grid points held."""
     from optuna.trial import TrialState
 
     config.validate()
@@ -369,7 +379,8 @@ def run_search(
                     if on_progress is not None:
                         on_progress(min(units_done, total), total, status)
 
-                curves, parallel = _train_units(jobs, images, config.epochs, parallel, advance)
+                curves, parallel = _train_units(jobs, images, config.epochs, parallel, advance,
+                                                on_train)
                 for i, (trial_id, _) in enumerate(claimed):
                     fold_curves = curves[i * config.folds : (i + 1) * config.folds]
                     study.finish(trial_id, TrialState.COMPLETE, *_trial_result(fold_curves, device))

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -365,10 +366,80 @@ def test_two_workers_share_one_study_and_split_the_grid(fake_data_dir, workspace
     trials = study_trials(config, workspace)
     table = states_by_point(trials)
     assert len(table) == 12
-    # Each point trained once: one COMPLETE, nothing failed; a duplicate claim is pruned
-    # before any training.
+    # One COMPLETE per point, nothing failed. (That no point is trained twice, even when both
+    # workers claim it at once, is checked by counting trainings in the next test.)
     assert all(c["COMPLETE"] == 1 and c["FAIL"] == 0 for c in table.values())
     pids = Counter(t.system_attrs[search_study.WORKER_ATTR]["pid"] for t in trials
                    if t.state.name == "COMPLETE")
     assert set(pids) == {w.pid for w in workers}, f"one worker did everything: {pids}"
     assert json.loads(outputs[0][0])["eds"] == json.loads(outputs[1][0])["eds"]
+
+
+def test_two_workers_claiming_one_point_at_once_train_it_once(
+    fake_data_dir, workspace, monkeypatch
+):
+    """Two workers ask for the same first point at the same moment. They are threads with a
+    worker identity each (as on two hosts, so only the heartbeat tells whether the other is
+    alive), and a barrier holds each one at its first claim twice: before it creates its
+    RUNNING trial (so both have read the study and chosen the same pending point) and right
+    after (so both claims exist before either looks for a collision). The later trial must be
+    pruned before anything is trained, and every (point, fold) is trained once: counted by
+    the `on_train` hook, which sees every model a worker trains."""
+    from optuna.storages import JournalStorage
+
+    config = tiny_config(workspace / "shared.log")
+    monkeypatch.setattr(search_study, "host_identity",
+                        lambda: f"host-{threading.current_thread().name}")
+    barrier = threading.Barrier(2, timeout=60)
+    first_claim_made = threading.local()
+    create_new_trial = JournalStorage.create_new_trial
+
+    def create_in_step_with_the_other(self, study_id, template_trial=None):
+        if getattr(first_claim_made, "value", False):  # only a worker's first claim waits
+            return create_new_trial(self, study_id, template_trial)
+        first_claim_made.value = True
+        barrier.wait()
+        trial_id = create_new_trial(self, study_id, template_trial)
+        barrier.wait()
+        return trial_id
+
+    monkeypatch.setattr(JournalStorage, "create_new_trial", create_in_step_with_the_other)
+    trained: list[tuple[str, tuple]] = []  # (worker, grid point) per model trained
+    errors: dict[str, BaseException] = {}
+
+    def worker() -> None:
+        name = threading.current_thread().name
+
+        def on_train(group):
+            trained.extend((name, (j.config.ed, j.config.lr, j.config.weight_decay))
+                           for j in group)
+
+        try:
+            run_search(tiny_config(config.storage), workspace, data_dir=fake_data_dir,
+                       on_train=on_train)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors[name] = exc
+
+    threads = [threading.Thread(target=worker, name=name) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    assert not errors, errors
+
+    first = config.grid()[0]
+    key = (first.ed, first.lr, first.weight_decay)
+    per_point = Counter(point for _, point in trained)
+    assert per_point == {(p.ed, p.lr, p.weight_decay): config.folds for p in config.grid()}
+    trials = study_trials(config, workspace)
+    assert Counter(t.state.name for t in trials) == {"COMPLETE": 4, "PRUNED": 1}
+    [pruned] = [t for t in trials if t.state.name == "PRUNED"]
+    [winner] = [t for t in trials if t.state.name == "COMPLETE"
+                and (t.params["ed"], t.params["lr"], t.params["weight_decay"]) == key]
+    assert (pruned.params["ed"], pruned.params["lr"], pruned.params["weight_decay"]) == key
+    assert pruned.number > winner.number
+    assert pruned.system_attrs["aetool:note"] == f"duplicate of trial {winner.number}"
+    loser = pruned.system_attrs[search_study.WORKER_ATTR]["host"].removeprefix("host-")
+    assert loser != winner.system_attrs[search_study.WORKER_ATTR]["host"].removeprefix("host-")
+    assert (loser, key) not in trained, "the worker whose claim lost trained the point anyway"
