@@ -7,7 +7,7 @@ gets its own generator seeded with `seed`, so every row is reproducible on its o
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import torch
 
 from aetool import runs
 from aetool.data import to_float
+from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
 from aetool.training import evaluate, make_generator
 
@@ -110,13 +111,9 @@ def render_examples(
 
 
 def _save_figure(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        figure.savefig(tmp, format="png", dpi=150)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -148,7 +145,20 @@ def corrupt_and_save(
     examples: int = 3,
     on_row: RowCallback | None = None,
 ) -> dict[str, Any]:
-    """The noise table of one model; with a `folder`, also the example grid and the JSON."""
+    """The noise table of one model; with a `folder`, also the example grid and the JSON,
+    written while holding the folder's run lock (`aetool.runs.RunLock`)."""
+    if folder is not None:
+        with runs.run_lock(folder):
+            return _corrupt_and_save(model, test_images, noises, Path(folder), name, ed, seed,
+                                     batch_size, examples, on_row)
+    return _corrupt_and_save(model, test_images, noises, None, name, ed, seed, batch_size,
+                             examples, on_row)
+
+
+def _corrupt_and_save(model: torch.nn.Module, test_images: torch.Tensor,
+                      noises: Sequence[ConfiguredNoise], folder: Path | None, name: str, ed: int,
+                      seed: int, batch_size: int, examples: int,
+                      on_row: RowCallback | None) -> dict[str, Any]:
     rows = noise_table(model, test_images, noises, seed, batch_size, on_row)
     picture = None
     if folder is not None and examples > 0:

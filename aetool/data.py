@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from aetool.errors import DataError
+from aetool.errors import DataError, DataSettingError
+from aetool.files import write_atomic
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
@@ -124,7 +125,9 @@ def dataset_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         known = ", ".join(DATASETS)
-        raise DataError(f"Unknown dataset {name!r}; choose one of: {known}.") from None
+        raise DataSettingError(
+            "dataset", f"Unknown dataset {name!r}; choose one of: {known}."
+        ) from None
 
 
 def default_data_root() -> Path:
@@ -207,17 +210,6 @@ def idx_bytes(tensor: torch.Tensor, kind: str) -> bytes:
         t = t.reshape(-1)
         head = struct.pack(">ii", LABEL_MAGIC, t.shape[0])
     return head + t.numpy().tobytes()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes under a temporary name, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _find_file(raw: Path, filename: str) -> Path | None:
@@ -437,7 +429,10 @@ def split_train_val(data: ImageData, val_size: int = 10_000, seed: int = 0) -> S
     """A seeded random split of the training images; the test images stay as they are."""
     n = data.train_images.shape[0]
     if not 0 < val_size < n:
-        raise DataError(f"Validation size must be between 1 and {n - 1}, got {val_size}.")
+        raise DataSettingError(
+            "val_size", f"val_size must be between 1 and {n - 1} (the data set has {n} "
+            f"training images), got {val_size}."
+        )
     generator = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=generator).to(data.train_images.device)
     val_idx, train_idx = perm[:val_size], perm[val_size:]

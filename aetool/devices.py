@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from aetool.errors import AetoolError
+from aetool.errors import SettingError
 
 
 def mps_available() -> bool:
@@ -21,6 +21,9 @@ def best_device() -> torch.device:
     return torch.device("cpu")
 
 
+_CHOICES = "use auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str | None = "auto") -> torch.device:
     """Turn "auto", "cpu", "cuda", "cuda:1" or "mps" into a usable device, or explain why not."""
     if name is None or name == "auto":
@@ -28,19 +31,19 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise AetoolError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from None
+        raise SettingError("device", f"Unknown device {name!r}: {_CHOICES}.") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise AetoolError("CUDA was requested but torch sees no CUDA device here.")
+            raise SettingError("device", "CUDA was requested but torch sees no CUDA device here.")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise AetoolError(
-                f"CUDA device {device.index} does not exist "
+            raise SettingError(
+                "device", f"CUDA device {device.index} does not exist "
                 f"(this machine has {torch.cuda.device_count()})."
             )
     elif device.type == "mps" and not mps_available():
-        raise AetoolError("MPS was requested but it is not available on this machine.")
+        raise SettingError("device", "MPS was requested but it is not available on this machine.")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise AetoolError(f"Unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps.")
+        raise SettingError("device", f"Unsupported device {name!r}: {_CHOICES}.")
     return device
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from aetool import runs
-from aetool.data import ImageData, to_float, write_atomic
+from aetool.data import ImageData, to_float
 from aetool.errors import AetoolError
+from aetool.files import write_atomic
 
 METHODS = ("pca", "tsne")
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
@@ -304,8 +305,13 @@ def save_embedding(embedding: Embedding, folder: Path | str, name: str | None = 
     """Write `embedding.npz`, one scatter PNG per method and (last) `embedding.json` into
     `folder`; return what the JSON holds. Every file is written atomically."""
     folder = Path(folder)
+    with runs.run_lock(folder):
+        return _save_embedding(embedding, folder, name or folder.name, extra)
+
+
+def _save_embedding(embedding: Embedding, folder: Path, name: str,
+                    extra: dict[str, Any] | None) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    name = name or folder.name
     arrays = {"codes": embedding.codes, "labels": embedding.labels,
               "projection": embedding.projections[embedding.methods[0]]}
     arrays.update({f"projection_{m}": p for m, p in embedding.projections.items()})

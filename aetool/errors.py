@@ -1,7 +1,8 @@
-"""The one exception type aetool raises for problems a user can fix.
+"""The exception types aetool raises for problems a user can fix.
 
-The command line turns an `AetoolError` into one clear sentence on stderr and exit code 1;
-anything else is a bug and keeps its traceback.
+The command line turns an `AetoolError` into one clear sentence on stderr and exit code 1,
+and a `SettingError` (a bad value of one setting) into a usage error naming the option, exit
+code 2. Anything else is a bug and keeps its traceback.
 """
 
 
@@ -9,9 +10,23 @@ class AetoolError(Exception):
     """A problem with the user's input, files or environment, explained in one sentence."""
 
 
+class SettingError(AetoolError):
+    """One setting has a value that cannot work. `field` names the setting as the library
+    calls it (`val_size`, `name`, `device`, ...); the message is one sentence that names it
+    that way too, so a Python caller is never told about command-line options."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class DataError(AetoolError):
     """A data file is missing, truncated or not what it claims to be."""
 
 
+class DataSettingError(SettingError, DataError):
+    """A data setting (the data set's name, the validation size) that cannot work."""
+
+
 class RunError(AetoolError):
-    """A run folder is missing, incomplete or unreadable."""
+    """A run folder is missing, incomplete, unreadable or in use."""

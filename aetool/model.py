@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from aetool.errors import AetoolError
+from aetool.files import load_torch
 
 
 class Autoencoder(nn.Module):
@@ -77,13 +78,7 @@ def encoding_dim_of(state_dict: dict[str, torch.Tensor]) -> int:
 def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (`weights_only=True`), accepting a bare state_dict or a run's."""
     path = Path(path)
-    if not path.is_file():
-        raise AetoolError(f"Checkpoint {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AetoolError(f"Checkpoint {path} cannot be read safely: {first}") from None
+    obj = load_torch(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -102,6 +97,7 @@ def load_model(
     model = Autoencoder(found)
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise AetoolError(f"Checkpoint {path} does not match the autoencoder: {exc}") from None
+    except RuntimeError:
+        raise AetoolError(f"Checkpoint {path} does not match the course autoencoder's layers "
+                          "and shapes.") from None
     return model.to(device).eval()

@@ -13,6 +13,7 @@ alternatives separated by `|` to sweep, so `gaussian:sigma=0.1|0.3` is two confi
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,6 +71,8 @@ class NoiseParam:
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise AetoolError(f"{self.name} must be {_type_name(self.type)}, got {value!r}.")
+        if self.type is float and not math.isfinite(value):
+            raise AetoolError(f"{self.name} must be a finite number, got {value!r}.")
         if self.choices is not None and value not in self.choices:
             raise AetoolError(f"{self.name} must be one of {', '.join(self.choices)}; "
                               f"got {value!r}.")
@@ -96,6 +99,9 @@ class Noise:
     # Optional short label for tables, from the parameter values (default: name(p=v, ...)).
     label: Callable[..., str] | None = None
     plugin: str | None = None  # filled in by the registry: the plugin that registered it
+    # Optional check of the parameters together (`low` below `high`...): `validate(**params)`
+    # raises ValueError with one sentence when the combination cannot work.
+    validate: Callable[..., None] | None = None
 
     def param(self, name: str) -> NoiseParam:
         for param in self.params:
@@ -117,6 +123,15 @@ class Noise:
                 values[name] = self.param(name).check(value)
             except AetoolError as exc:
                 raise AetoolError(f"Noise {self.name!r}: {exc}") from None
+        return self.checked(values)
+
+    def checked(self, values: dict[str, Any]) -> ConfiguredNoise:
+        """This noise with all its parameter `values`, after its own `validate` passed."""
+        if self.validate is not None:
+            try:
+                self.validate(**values)
+            except (ValueError, AetoolError) as exc:
+                raise AetoolError(f"Noise {self.name!r}: {str(exc).rstrip('.')}.") from None
         return ConfiguredNoise(self, values)
 
 
@@ -291,7 +306,7 @@ def parse_noise_spec(spec: str) -> list[ConfiguredNoise]:
     for values in itertools.product(*(alternatives[k] for k in keys)):
         params = noise.defaults()
         params.update(zip(keys, values, strict=True))
-        configured.append(ConfiguredNoise(noise, params))
+        configured.append(noise.checked(params))
     return configured
 
 

@@ -16,7 +16,7 @@ import base64
 import io
 import math
 import platform
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -26,9 +26,9 @@ import torch
 
 from aetool import __version__, runs
 from aetool.corrupt import NOISE_TABLE
-from aetool.data import write_atomic
 from aetool.embed import EMBEDDING_JSON
 from aetool.errors import AetoolError
+from aetool.files import write_atomic
 from aetool.search import results_path
 
 TEMPLATE = "report.html.j2"
@@ -55,9 +55,13 @@ class ReportResult:
     path: Path
     sections: list[str]
     bytes: int
+    created: Path | None = None  # the first folder made to hold `path`, if any was missing
+    unreadable: list[dict[str, str]] = field(default_factory=list)  # runs left out, and why
 
     def summary(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sections": self.sections, "bytes": self.bytes}
+        return {"path": str(self.path), "sections": self.sections, "bytes": self.bytes,
+                "created": None if self.created is None else str(self.created),
+                "unreadable": self.unreadable}
 
 
 # --------------------------------------------------------------------------- templates
@@ -417,13 +421,27 @@ def _best_of(entries: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return max(scored, key=lambda e: e[key]) if len(scored) > 1 else None
 
 
+def _readable(found: list[runs.Run], unreadable: list[runs.Unreadable]) -> list[runs.Run]:
+    """The runs whose history can be read too; the others join `unreadable`."""
+    kept = []
+    for run in found:
+        try:
+            run.history()
+        except AetoolError as exc:
+            unreadable.append(runs.Unreadable(run.name, str(exc)))
+            continue
+        kept.append(run)
+    return kept
+
+
 def collect_report(root: Path | str | None = None) -> dict[str, Any]:
     """Everything the page shows, as plain data; a section's key is None/empty when its data
     is not in the workspace. An empty workspace is an error."""
-    root = Path(root) if root is not None else runs.default_runs_root()
-    found = runs.list_runs(root, finished_only=False)
+    root = runs.workspace_root(root)
+    unreadable: list[runs.Unreadable] = []
+    found = _readable(runs.list_runs(root, finished_only=False, unreadable=unreadable), unreadable)
     search, search_incomplete = _search_section(root)
-    if not found and not search:
+    if not found and not search and not unreadable:
         raise AetoolError(
             f"Nothing to report in {root}: it holds no runs and no search results; train one "
             "with `aetool fit --ed 4` or point --runs / AETOOL_RUNS at your workspace."
@@ -447,6 +465,7 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
     data = {
         "root": str(root),
         "runs": [_settings_row(r) for r in found],
+        "unreadable": [asdict(u) for u in unreadable],
         "loss_plot": loss_plot(histories) if histories else None,
         "loss_runs": [label for label, _, _ in histories],
         "search": search,
@@ -461,7 +480,8 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
         "environment": environment,
     }
     present = {
-        "runs": bool(data["runs"]), "loss": bool(data["loss_plot"]), "search": bool(search),
+        "runs": bool(data["runs"] or unreadable), "loss": bool(data["loss_plot"]),
+        "search": bool(search),
         "test-mse": bool(test_mse), "noise": bool(data["noise"]), "latent": bool(latent),
         "environment": bool(environment),
     }
@@ -489,14 +509,16 @@ def write_report(
     root: Path | str | None = None, output: Path | str | None = None
 ) -> ReportResult:
     """Render the workspace's report and write it atomically (default `ROOT/report.html`)."""
-    root = Path(root) if root is not None else runs.default_runs_root()
+    root = runs.workspace_root(root)
     output = Path(output) if output is not None else root / REPORT_FILE
     if output.is_dir():
         raise AetoolError(f"--output {output} is a folder; name the HTML file to write.")
     data = collect_report(root)
     html = render_report(root, data).encode("utf-8")
+    missing = [p for p in reversed(output.parents) if not p.exists()]
     try:
         write_atomic(output, html)
     except OSError as exc:
         raise AetoolError(f"Cannot write the report to {output} ({exc.strerror}).") from None
-    return ReportResult(output, [s["id"] for s in data["sections"]], len(html))
+    return ReportResult(output, [s["id"] for s in data["sections"]], len(html),
+                        missing[0] if missing else None, data["unreadable"])

@@ -391,7 +391,9 @@ def run_search(
     results["study"]["storage"] = hide_password(config.storage) or str(
         root / SEARCH_DIR / STUDY_LOG)
     results["study"]["seconds"] = time.perf_counter() - tic
-    runs.save_json(root / SEARCH_DIR / RESULTS, results)
+    # Workers finishing together take turns: the lock is held only for the write.
+    with runs.RunLock(root, SEARCH_DIR, "The search results", wait=120):
+        runs.save_json(root / SEARCH_DIR / RESULTS, results)
     return results
 
 

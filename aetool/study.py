@@ -134,8 +134,7 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
     device = resolve_device(settings.device)
     todo = [r for r in _study_runs(settings, root) if not (r.path / NOISE_TABLE).exists()]
     skipped = [r.name for r in _study_runs(settings, root) if r not in todo]
-    if todo:
-        test_images = load_dataset(settings.dataset, data_dir, device).test_images
+    test_sets: dict[str, Any] = {}  # each run is corrupted on its own data set's test images
     total = max(len(todo) * len(noises), 1)
     count = 0
     for run in todo:
@@ -145,8 +144,11 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
             count += 1
             progress("corrupt", count, total, f"{name}: {row['label']}")
 
-        corrupt_and_save(run.model(device), test_images, noises, run.path, run.name, run.ed,
-                         on_row=on_row)
+        dataset = run.settings.dataset
+        if dataset not in test_sets:
+            test_sets[dataset] = load_dataset(dataset, data_dir, device).test_images
+        corrupt_and_save(run.model(device), test_sets[dataset], noises, run.path, run.name,
+                         run.ed, on_row=on_row)
     progress("corrupt", total, total, "done")
     return StageResult("corrupt", time.perf_counter() - tic, [r.name for r in todo], skipped)
 
@@ -161,11 +163,13 @@ def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
     device = resolve_device(settings.device)
     found = _study_runs(settings, root)
     todo = [r for r in found if not (r.path / EMBEDDING_JSON).exists()]
-    if todo:
-        data = load_dataset(settings.dataset, data_dir, device)
+    loaded: dict[str, Any] = {}  # each run is embedded with its own data set
     for i, run in enumerate(todo):
         progress("embed", i, len(todo), f"{run.name}")
-        embed_run(run, data, settings.methods, device, seed=settings.seed)
+        dataset = run.settings.dataset
+        if dataset not in loaded:
+            loaded[dataset] = load_dataset(dataset, data_dir, device)
+        embed_run(run, loaded[dataset], settings.methods, device, seed=settings.seed)
     progress("embed", len(todo), max(len(todo), 1), "done")
     return StageResult("embed", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
@@ -196,7 +200,7 @@ def run_study(
     """Run every stage in order, skipping finished work; return and save the stage timings."""
     if not settings.eds:
         raise AetoolError("The study needs at least one encoding dimension.")
-    root = Path(runs_root) if runs_root is not None else runs.default_runs_root()
+    root = runs.workspace_root(runs_root)
     data_dir = Path(data_dir) if data_dir is not None else None
     progress = on_progress or (lambda *args: None)
     stages = [s for s in STAGES if not (s == "search" and settings.skip_search)]

@@ -1,6 +1,8 @@
-"""Training one autoencoder: settings, the epoch loop, early stopping, checkpoints, resume.
+"""Training one autoencoder: the epoch step, evaluation, early stopping, the loop, resume.
 
-The loop knows nothing about the command line. It reads batches straight out of one
+Settings live in `aetool.settings`, run folders in `aetool.runs` (the loop hands each finished
+epoch to a `RunWriter` and never joins a path itself). The loop knows nothing about the
+command line. It reads batches straight out of one
 device-resident uint8 tensor (no DataLoader, no per-sample Python) and reports each finished
 epoch through a callback.
 """
@@ -19,11 +21,19 @@ import torch
 import torch.nn.functional as F
 
 from aetool import __version__, runs
-from aetool.data import ProgressFn, Split, load_dataset, split_train_val, to_float
+from aetool.data import ProgressFn, Split, dataset_spec, load_dataset, split_train_val, to_float
 from aetool.devices import device_description, resolve_device, synchronize
-from aetool.errors import AetoolError, RunError
+from aetool.errors import AetoolError, RunError, SettingError
 from aetool.fast import make_train_epoch, resolve_mode
 from aetool.model import Autoencoder
+from aetool.settings import (  # noqa: F401 (re-exported: settings used to live here)
+    DEFAULT_PRESET,
+    PRESETS,
+    SCHEDULES,
+    FitConfig,
+    learning_rate,
+    preset_config,
+)
 
 # A noise turns a clean float batch into a corrupted one, drawing randomness from `generator`.
 NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -31,96 +41,7 @@ NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
-@dataclass
-class FitConfig:
-    """Everything that decides how a model is trained. Saved as `config.json` in each run."""
-
-    ed: int = 4  # encoding dimension (size of the latent code)
-    lr: float = 1e-2  # Adam's learning rate (the peak, when a schedule is used)
-    weight_decay: float = 1e-5  # Adam's L2 penalty
-    batch_size: int = 1000  # images per optimiser step
-    max_epochs: int = 2000  # upper bound on epochs
-    schedule: str = "constant"  # learning-rate schedule: constant | cosine (to 0 at max_epochs)
-    warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs
-    patience: int = 100  # early-stopping window in epochs; 0 turns early stopping off
-    tolerance: float = 1e-4  # stop once val loss moved less than this over the window
-    val_size: int = 10_000  # images carved out of the training split for validation
-    split_seed: int = 0  # seed of the train/validation split
-    seed: int = 0  # seed of initialisation, shuffling and noise
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dataset: str = "mnist"  # mnist | fashion-mnist
-    noise: str | None = None  # train a denoising autoencoder on this noise (NAME:param=value)
-    preset: str = "report"  # the preset the other values started from
-
-    def validate(self) -> None:
-        checks = [
-            (self.ed >= 1, f"--ed must be at least 1, got {self.ed}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.max_epochs >= 1, f"--max-epochs must be at least 1, got {self.max_epochs}"),
-            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
-            (self.tolerance >= 0, f"--tolerance must be >= 0, got {self.tolerance}"),
-            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise AetoolError(message + ".")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FitConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
-SCHEDULES = ("constant", "cosine")
-
-# Named starting points. `report` is the seed report's final training, exactly; `best` is
-# aetool's default (DEFAULT_PRESET). FitConfig's own field defaults stay the report's values,
-# so a config.json from any aetool version reads back the same.
-PRESETS: dict[str, dict[str, Any]] = {
-    "report": dict(
-        lr=1e-2, weight_decay=1e-5, batch_size=1000, max_epochs=2000,
-        schedule="constant", patience=100, tolerance=1e-4,
-    ),
-    # Meant to beat the report's test MSE by 10% at every ED (check: benchmarks/accuracy.py;
-    # figures in the README): many small steps, a short warm-up, cosine decay to 0 and no
-    # early stopping (the gains come late in the decay; the best-validation epoch is kept).
-    # At 20 epochs batch 128 beat 256 (0.02626 vs 0.02689, ED 4), and 256 beat 1000; lr 1e-2
-    # and wd 1e-5 beat 5e-3 and 3e-5 (and wd 0); BCE as the training loss did worse.
-    "best": dict(
-        lr=1e-2, weight_decay=1e-5, batch_size=128, max_epochs=1000,
-        schedule="cosine", warmup_epochs=3, patience=0, tolerance=1e-4,
-    ),
-}
-
-
-DEFAULT_PRESET = "best"  # what `aetool fit` and `aetool study` start from
-
-
-def preset_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> FitConfig:
-    """A `FitConfig` from a named preset, with explicit values (those not None) on top."""
-    if preset not in PRESETS:
-        raise AetoolError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
-    values = dict(PRESETS[preset], preset=preset)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = FitConfig(**values)
-    config.validate()
-    return config
-
-
 # --------------------------------------------------------------------------- building blocks
-
-
-def learning_rate(config: FitConfig, epoch: int) -> float:
-    """The learning rate for 0-based `epoch` under the configured schedule and warm-up."""
-    lr = config.lr
-    if config.schedule == "cosine":
-        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.max_epochs))
-    if epoch < config.warmup_epochs:
-        lr *= (epoch + 1) / config.warmup_epochs
-    return lr
 
 
 def should_stop(val_losses: list[float], patience: int, tolerance: float) -> bool:
@@ -240,6 +161,158 @@ def _environment(device: torch.device, train_mode: str) -> dict[str, Any]:
     }
 
 
+class _InMemory:
+    """Where a fit without a run folder keeps its best weights: the `RunWriter` interface,
+    in memory."""
+
+    def __init__(self) -> None:
+        self._best: dict[str, torch.Tensor] | None = None
+
+    def save_epoch(self, config: FitConfig, state: dict[str, Any], history: list[dict],
+                   best_weights: dict[str, torch.Tensor] | None) -> None:
+        if best_weights is not None:
+            self._best = {k: v.detach().clone() for k, v in best_weights.items()}
+
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        return self._best
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class _Training:
+    """What one fit trains: the model, its optimiser, its generators and its progress."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    noise_generator: torch.Generator
+    history: list[EpochRecord] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = 0
+    elapsed: float = 0.0
+    mode: str = "eager"  # how the epochs ran (aetool.fast), for the metrics
+
+    def state(self, config: FitConfig) -> dict[str, Any]:
+        """Everything `--resume` needs, as tensors and plain values only."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle": self.shuffle.get_state(),
+            "noise_generator": self.noise_generator.get_state().cpu(),
+            "history": [asdict(r) for r in self.history],
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "seconds": self.elapsed,
+            "config": asdict(config),
+        }
+
+    def restore(self, state: dict[str, Any], source: Path) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.shuffle.set_state(state["shuffle"])
+            self.noise_generator.set_state(state["noise_generator"])
+            self.history = [EpochRecord(**r) for r in state["history"]]
+            self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+            self.elapsed = state["seconds"]
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            raise RunError(f"{source} does not match the model and settings in its run's "
+                           f"{runs.CONFIG}; it cannot be resumed.") from None
+
+
+def _start(config: FitConfig, device: torch.device) -> _Training:
+    torch.manual_seed(config.seed)
+    model = Autoencoder(config.ed).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return _Training(model, optimizer, torch.Generator().manual_seed(config.seed),
+                     make_generator(device, config.seed + 1))
+
+
+def _load_split(config: FitConfig, split: Split | None, data_dir: Path | str | None,
+                device: torch.device, progress: ProgressFn | None) -> tuple[Split, str | None]:
+    if split is not None:  # data already in memory (tests pass small slices)
+        return Split(*(t.to(device) for t in (
+            split.train, split.val, split.test,
+            split.train_labels, split.val_labels, split.test_labels,
+        ))), None
+    data = load_dataset(config.dataset, data_dir, device, progress)
+    return split_train_val(data, config.val_size, config.split_seed), data.checksum
+
+
+def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, noise: NoiseFn | None,
+                device: torch.device, mode: str, on_epoch: EpochCallback | None) -> bool:
+    """Train from where `t` stands to the end or an early stop; returns whether it stopped
+    early. Each finished epoch goes to `writer` before `on_epoch` hears of it."""
+    run_epoch = make_train_epoch(t.model, t.optimizer, device, mode)
+    t.mode = run_epoch.mode
+    stopped_early = should_stop([r.val_loss for r in t.history], config.patience, config.tolerance)
+    for epoch in range(len(t.history), config.max_epochs):
+        if stopped_early:
+            break
+        lr = learning_rate(config, epoch)
+        for group in t.optimizer.param_groups:
+            group["lr"] = lr
+        synchronize(device)
+        tic = time.perf_counter()
+        train_loss = run_epoch(t.model, t.optimizer, split.train, config.batch_size, t.shuffle,
+                               noise, t.noise_generator)
+        val_loss = evaluate(t.model, split.val)
+        synchronize(device)
+        seconds = time.perf_counter() - tic
+        if not math.isfinite(train_loss):
+            raise AetoolError(
+                f"Training diverged at epoch {epoch + 1} (loss {train_loss}); lower the "
+                "learning rate."
+            )
+        t.elapsed += seconds
+        record = EpochRecord(epoch + 1, train_loss, val_loss, lr, seconds)
+        t.history.append(record)
+        improved = val_loss < t.best_val
+        if improved:
+            t.best_val, t.best_epoch = val_loss, epoch + 1
+        stopped_early = should_stop([r.val_loss for r in t.history], config.patience,
+                                    config.tolerance)
+        writer.save_epoch(config, t.state(config), [asdict(r) for r in t.history],
+                          t.model.state_dict() if improved else None)
+        if on_epoch is not None:
+            on_epoch(record, config)
+    return stopped_early
+
+
+def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source: Path | None,
+           split: Split, checksum: str | None, device: torch.device, mode: str,
+           noise: NoiseFn | None, on_epoch: EpochCallback | None) -> FitResult:
+    t = _start(config, device)
+    if state is not None:
+        t.restore(state, source or Path(runs.STATE))
+    stopped_early = _run_epochs(config, t, split, writer, noise, device, mode, on_epoch)
+    # Final figures come from the best weights, on the untouched test set.
+    best = writer.best_weights()
+    if best is not None:
+        t.model.load_state_dict(best)
+    test_mse = evaluate(t.model, split.test)
+    metrics = {
+        "test_mse": test_mse,
+        "best_epoch": t.best_epoch,
+        "best_val_loss": t.best_val,
+        "final_train_loss": t.history[-1].train_loss if t.history else None,
+        "epochs": len(t.history),
+        "stopped_early": stopped_early,
+        "train_seconds": t.elapsed,
+        "seconds_per_epoch": t.elapsed / max(len(t.history), 1),
+        "train_images": int(split.train.shape[0]),
+        "val_images": int(split.val.shape[0]),
+        "test_images": int(split.test.shape[0]),
+        "dataset_sha256": checksum,
+        "environment": _environment(device, t.mode),
+    }
+    writer.finish(metrics)
+    return FitResult(None, config, t.history, t.best_epoch, t.best_val, test_mse, stopped_early,
+                     t.elapsed, str(device), metrics)
+
+
 def fit(
     config: FitConfig,
     run_dir: Path | str | None = None,
@@ -247,6 +320,7 @@ def fit(
     split: Split | None = None,
     data_dir: Path | str | None = None,
     resume: bool = False,
+    replace: bool = False,
     on_epoch: EpochCallback | None = None,
     noise: NoiseFn | None = None,
     data_progress: ProgressFn | None = None,
@@ -256,156 +330,62 @@ def fit(
 
     `split` may be passed to train on data already in memory (tests pass small slices);
     otherwise the configured data set is loaded onto the device. With `resume=True` the run
-    continues from `run_dir/state.pt` to the same result an uninterrupted run reaches.
-    An interrupt (KeyboardInterrupt) leaves the last finished epoch on disk.
+    continues from `run_dir/state.pt` to the same result an uninterrupted run reaches. With
+    `replace=True` a run already in `run_dir` is replaced once the new one has saved its first
+    epoch (until then it stays as it was). An interrupt (KeyboardInterrupt) leaves the last
+    finished epoch on disk; a start that fails before its first epoch leaves nothing.
     `mode` picks how each epoch runs (`aetool.fast.MODES`: auto, graph, compile, tuned, eager);
     all give the same losses within float tolerance, and `eager` is the plain loop to debug.
+    Every setting is checked before anything is read or written (`SettingError`).
     """
     config.validate()
     device = resolve_device(config.device)
     mode = resolve_mode(mode, device)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    state = None
-    if run_dir is not None:  # refuse early, before any data is loaded
-        state = _load_state(run_dir, config) if resume else _check_fresh(run_dir)
     noise = noise if noise is not None else _resolve_noise(config.noise)
     if split is None:
-        data = load_dataset(config.dataset, data_dir, device, data_progress)
-        split = split_train_val(data, config.val_size, config.split_seed)
-        checksum = data.checksum
-    else:
-        split = Split(*(t.to(device) for t in (
-            split.train, split.val, split.test,
-            split.train_labels, split.val_labels, split.test_labels,
-        )))
-        checksum = None
-
-    torch.manual_seed(config.seed)
-    model = Autoencoder(config.ed).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    noise_generator = make_generator(device, config.seed + 1)
-    history: list[EpochRecord] = []
-    best_val, best_epoch, elapsed = math.inf, 0, 0.0
-
-    if run_dir is not None:
+        dataset_spec(config.dataset)
+    if resume and replace:
+        raise SettingError("replace", "resume and replace exclude each other.")
+    if run_dir is None:
+        data, checksum = _load_split(config, split, data_dir, device, data_progress)
+        return _train(config, _InMemory(), None, None, data, checksum, device, mode, noise,
+                      on_epoch)
+    run_dir = Path(run_dir)
+    with runs.run_lock(run_dir):
+        writer = runs.RunWriter(run_dir, resume=resume, replace=replace)
+        state = writer.check()  # refuse early, before any data is loaded
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            shuffle.set_state(state["shuffle"])
-            noise_generator.set_state(state["noise_generator"])
-            history = [EpochRecord(**r) for r in state["history"]]
-            best_val, best_epoch = state["best_val"], state["best_epoch"]
-            elapsed = state["seconds"]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.save_json(run_dir / runs.CONFIG, asdict(config))
-
-    run_epoch = make_train_epoch(model, optimizer, device, mode)
-    stopped_early = should_stop([r.val_loss for r in history], config.patience, config.tolerance)
-    start_epoch = len(history)
-    for epoch in range(start_epoch, config.max_epochs):
-        if stopped_early:
-            break
-        lr = learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        synchronize(device)
-        tic = time.perf_counter()
-        train_loss = run_epoch(
-            model, optimizer, split.train, config.batch_size, shuffle, noise, noise_generator
-        )
-        val_loss = evaluate(model, split.val)
-        synchronize(device)
-        seconds = time.perf_counter() - tic
-        elapsed += seconds
-        if not math.isfinite(train_loss):
-            raise AetoolError(
-                f"Training diverged at epoch {epoch + 1} (loss {train_loss}); lower --lr."
-            )
-        record = EpochRecord(epoch + 1, train_loss, val_loss, lr, seconds)
-        history.append(record)
-        improved = val_loss < best_val
-        if improved:
-            best_val, best_epoch = val_loss, epoch + 1
-        stopped_early = should_stop(
-            [r.val_loss for r in history], config.patience, config.tolerance
-        )
-        if run_dir is not None:
-            if improved:
-                runs.save_torch(run_dir / runs.MODEL, model.state_dict())
-            runs.save_torch(run_dir / runs.STATE, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "shuffle": shuffle.get_state(),
-                "noise_generator": noise_generator.get_state().cpu(),
-                "history": [asdict(r) for r in history],
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "seconds": elapsed,
-                "config": asdict(config),
-            })
-            # Written after state.pt: a history on disk always has a state to resume from.
-            runs.save_json(run_dir / runs.HISTORY, [asdict(r) for r in history])
-        elif improved:
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if on_epoch is not None:
-            on_epoch(record, config)
-
-    # Final figures come from the best weights, on the untouched test set.
-    if run_dir is not None:
-        model.load_state_dict(runs.load_torch(run_dir / runs.MODEL))
-    elif best_epoch:
-        model.load_state_dict(best_state)
-    test_mse = evaluate(model, split.test)
-    result = FitResult(
-        run_dir=run_dir,
-        config=config,
-        history=history,
-        best_epoch=best_epoch,
-        best_val_loss=best_val,
-        test_mse=test_mse,
-        stopped_early=stopped_early,
-        seconds=elapsed,
-        device=str(device),
-    )
-    result.metrics = {
-        "test_mse": test_mse,
-        "best_epoch": best_epoch,
-        "best_val_loss": best_val,
-        "final_train_loss": history[-1].train_loss if history else None,
-        "epochs": len(history),
-        "stopped_early": stopped_early,
-        "train_seconds": elapsed,
-        "seconds_per_epoch": elapsed / max(len(history), 1),
-        "train_images": int(split.train.shape[0]),
-        "val_images": int(split.val.shape[0]),
-        "test_images": int(split.test.shape[0]),
-        "dataset_sha256": checksum,
-        "environment": _environment(device, run_epoch.mode),
-    }
-    if run_dir is not None:
-        runs.save_json(run_dir / runs.METRICS, result.metrics)
+            _check_resumable(run_dir, state, config)
+        try:
+            data, checksum = _load_split(config, split, data_dir, device, data_progress)
+            result = _train(config, writer, state, run_dir / runs.STATE, data, checksum,
+                            device, mode, noise, on_epoch)
+        finally:
+            writer.abandon()
+    result.run_dir = run_dir
     return result
 
 
-def _check_fresh(run_dir: Path) -> None:
-    if (run_dir / runs.METRICS).exists():
-        raise RunError(
-            f"{run_dir} already holds a finished run; pick another --name or pass --force."
-        )
-    if (run_dir / runs.STATE).exists():
-        raise RunError(
-            f"{run_dir} holds an unfinished run; continue it with --resume or pass --force."
-        )
+def fit_run(
+    config: FitConfig,
+    runs_root: Path | str | None = None,
+    name: str | None = None,
+    *,
+    resume: bool = False,
+    replace: bool = False,
+    **options: Any,
+) -> FitResult:
+    """Fit run `name` (default `ed{ED}`) in the workspace `runs_root` (default `./runs` or
+    `$AETOOL_RUNS`); `options` go to `fit`. The name must be one plain folder name."""
+    path = runs.run_path(runs_root, name if name is not None else f"ed{config.ed}")
+    return fit(config, path, resume=resume, replace=replace, **options)
 
 
-def _load_state(run_dir: Path, config: FitConfig) -> dict[str, Any]:
-    if (run_dir / runs.METRICS).exists():
-        raise RunError(f"{run_dir} is already finished; there is nothing to resume.")
-    if not (run_dir / runs.STATE).exists():
-        raise RunError(f"{run_dir} has no {runs.STATE} to resume from.")
-    state = runs.load_torch(run_dir / runs.STATE)
-    saved = FitConfig.from_dict(state.get("config", {}))
+def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
+    try:
+        saved = FitConfig.from_dict(state.get("config", {}))
+    except SettingError as exc:
+        raise RunError(f"{run_dir / runs.STATE} holds bad settings: {exc}") from None
     differ = [
         f.name for f in fields(FitConfig)
         if f.name not in ("max_epochs", "device")
@@ -413,22 +393,25 @@ def _load_state(run_dir: Path, config: FitConfig) -> dict[str, Any]:
     ]
     if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
         raise RunError(
-            f"Cannot resume {run_dir} with --max-epochs {config.max_epochs}: its cosine schedule "
+            f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
             f"decays over the {saved.max_epochs} epochs it was started with; resume without "
-            "--max-epochs."
+            "a new max_epochs."
         )
     if differ:
         raise RunError(
             f"Cannot resume {run_dir}: its settings differ in {', '.join(differ)}; "
-            "resume with the same options (or none: they are read from the run)."
+            "resume with the same settings (or none: they are read from the run)."
         )
-    return state
-
 
 def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
     """The settings an unfinished run was started with (optionally with a new max_epochs)."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG).exists():
         raise RunError(f"{run_dir} has no {runs.CONFIG}; there is nothing to resume.")
-    config = FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
+    except SettingError as exc:
+        raise RunError(f"{run_dir / runs.CONFIG}: {exc}") from None
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config.validate()
+    return config

@@ -43,7 +43,7 @@ def test_the_improved_recipe_is_the_default_and_the_study_follows_it():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(AetoolError, match="--lr must be positive"):
+    with pytest.raises(AetoolError, match="^lr must be positive"):
         small(lr=-1)
     with pytest.raises(AetoolError, match="Unknown preset"):
         preset_config("fastest")

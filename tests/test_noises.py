@@ -193,8 +193,12 @@ def test_occlusion_at_a_random_position_is_one_size_by_size_square():
     assert (rows.sum(dim=1) == 5).all() and (cols.sum(dim=1) == 5).all()  # a 5x5 square
     tops = rows.float().argmax(dim=1)
     assert tops.min() == 0 and tops.max() == 23  # anywhere, up to the border
-    with pytest.raises(AetoolError, match="does not fit"):
-        build_noise("occlusion:size=29")(x, gen())
+    with pytest.raises(AetoolError, match="size must be at most 28, got 29"):
+        build_noise("occlusion:size=29")  # refused when parsed, before any work
+    from aetool.default_plugins.occlusion import occlude
+
+    with pytest.raises(AetoolError, match="does not fit"):  # smaller images than MNIST's
+        occlude(x[:, :, :20, :20], gen(), size=21)
 
 
 @pytest.mark.parametrize("spec", ["gaussian", "uniform", "occlusion",

@@ -7,6 +7,8 @@ import json
 import math
 import signal
 import sys
+import typing
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,10 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 
 stderr = Console(stderr=True)
-stdout = Console()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,8 +81,45 @@ def non_negative(value: float | None) -> float | None:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one clear sentence on stderr and return the Exit to raise."""
-    stderr.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """One line on stderr that did not stop the command."""
+    stderr.print(f"[yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+# The library's names for settings whose command-line option is called otherwise.
+_OPTION_NAMES = {"name": ("name", "run"), "runs": ("runs_root",), "replace": ("force",)}
+
+
+def command_options(func: Callable[..., Any]) -> dict[str, str]:
+    """A command function's parameters and the options that set them (`runs_root` ->
+    `--runs`), read from its `Annotated[..., typer.Option(...)]` declarations."""
+    options = {}
+    for name, hint in typing.get_type_hints(func, include_extras=True).items():
+        for info in getattr(hint, "__metadata__", ()):
+            flags = [d for d in getattr(info, "param_decls", None) or () if d.startswith("--")]
+            options[name] = flags[0] if flags else "--" + name.replace("_", "-")
+    return options
+
+
+def usage_error(exc: SettingError, options: dict[str, str]) -> typer.BadParameter:
+    """A library `SettingError` as a usage error (exit 2) naming the command's option for it
+    (`val_size` -> `--val-size`, `name` -> `--name` or `--run`)."""
+    message = str(exc)
+    if message.startswith(f"{exc.field} "):
+        message = message[len(exc.field) + 1:]
+    names = _OPTION_NAMES.get(exc.field, ()) + (exc.field,)
+    option = next((options[n] for n in names if n in options),
+                  "--" + exc.field.replace("_", "-"))
+    return typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    warn(str(message))
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -90,6 +129,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def handle_errors(func: F) -> F:
     """Turn AetoolError into one line and exit 1; Ctrl-C / SIGTERM into exit 130."""
 
+    options: dict[str, str] = {}
+
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = signal.getsignal(signal.SIGTERM)
@@ -98,7 +139,15 @@ def handle_errors(func: F) -> F:
         except ValueError:  # not the main thread (e.g. some test runners)
             previous = None
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                from aetool.runs import RunWarning
+
+                warnings.simplefilter("always", RunWarning)
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
+        except SettingError as exc:
+            options.update(options or command_options(func))
+            raise usage_error(exc, options) from None
         except AetoolError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
@@ -113,9 +162,9 @@ def handle_errors(func: F) -> F:
 
 def print_json(obj: Any) -> None:
     """JSON on stdout, nothing else, so `--json` output pipes cleanly."""
-    from aetool.runs import _jsonable
+    from aetool.files import jsonable
 
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -159,6 +208,3 @@ def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
         if progress is not None:
             progress.stop()
 
-
-def not_built(name: str) -> None:
-    raise fail(f"`aetool {name}` is not built yet in this version.")

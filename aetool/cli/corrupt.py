@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
@@ -116,7 +117,7 @@ def corrupt(
                 with download_progress() as data_progress:
                     data = load_dataset(target.dataset, data_dir, torch_device, data_progress)
                 test_sets[target.dataset] = data.test_images
-            progress.update(task, description=f"corrupt {target.name}")
+            progress.update(task, description=f"corrupt {escape(target.name)}")
             record = corrupt_and_save(
                 target.model, test_sets[target.dataset], noises, target.folder, target.name,
                 target.ed, seed=seed, batch_size=batch_size, examples=examples,
@@ -132,7 +133,7 @@ def corrupt(
         if record["folder"] is not None:
             stderr.print(f"Saved noise_table.json"
                          f"{' and ' + record['examples'] if record['examples'] else ''} "
-                         f"in [bold]{record['folder']}[/]", highlight=False)
+                         f"in [bold]{escape(str(record['folder']))}[/]", highlight=False)
     if checkpoint and output is None:
         stderr.print("Nothing saved for --checkpoint models; pass --output DIR to keep them.")
 
@@ -162,8 +163,7 @@ def select_targets(
             targets.append(Target(path.stem, model.encoding_dim, model, dataset or "mnist",
                                   folder))
     if names or not checkpoints:
-        root = runs_root if runs_root is not None else runs.default_runs_root()
-        for found in runs.select_runs(root, names, None if checkpoints else eds):
+        for found in runs.select_runs(runs_root, names, None if checkpoints else eds):
             targets.append(Target(found.name, found.ed, found.model(device),
                                   dataset or found.config.get("dataset", "mnist"), found.path))
     return targets
@@ -174,7 +174,8 @@ def side_by_side(records: list[dict[str, Any]]) -> Table:
     table = Table(title="aetool corrupt: MSE(reconstruction of corrupted, clean)")
     table.add_column("noise", style="bold")
     for record in records:
-        table.add_column(f"ED={record['ed']}\n{record['run']}", justify="right")
+        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}", justify="right")
     for i, row in enumerate(records[0]["rows"] if records else []):
-        table.add_row(row["label"], *(f"{record['rows'][i]['mse']:.6f}" for record in records))
+        table.add_row(escape(row["label"]),
+                      *(f"{record['rows'][i]['mse']:.6f}" for record in records))
     return table

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aetool import runs
@@ -70,15 +71,14 @@ def embed(
     """Encode the test set with trained runs; save codes, a 2-D scatter plot and separation
     scores (silhouette, k-NN accuracy) in each run folder."""
     methods = check_methods(method or ["pca"])
-    root = runs_root if runs_root is not None else runs.default_runs_root()
-    picked = runs.select_runs(root, names=run, eds=ed)
+    picked = runs.select_runs(runs_root, names=run, eds=ed)
     torch_device = resolve_device(device)
     loaded: dict[str, ImageData] = {}
     summaries = []
     with progress_bar() as progress, download_progress() as data_progress:
         task = progress.add_task("embed", total=len(picked))
         for chosen in picked:
-            progress.update(task, description=f"embed {chosen.name}")
+            progress.update(task, description=f"embed {escape(chosen.name)}")
             name = dataset or chosen.config.get("dataset", "mnist")
             if name not in loaded:
                 loaded[name] = load_dataset(name, data_dir, torch_device, data_progress)
@@ -92,7 +92,7 @@ def embed(
         stderr.print(summary_table(summaries))
         for summary in summaries:
             plots = ", ".join(str(Path(summary["path"]) / p) for p in summary["plots"].values())
-            stderr.print(f"Saved {plots}", highlight=False)
+            stderr.print(f"Saved {escape(plots)}", highlight=False)
 
 
 def summary_table(summaries: list[dict]) -> Table:
@@ -104,7 +104,7 @@ def summary_table(summaries: list[dict]) -> Table:
         first, second = s["explained_variance"]
         flat = s["projection_scores"].get("pca", {}).get("knn_accuracy")
         table.add_row(
-            s["run"], str(s["ed"]), f"{first:.1%} + {second:.1%}", f"{s['silhouette']:.3f}",
+            escape(s["run"]), str(s["ed"]), f"{first:.1%} + {second:.1%}", f"{s['silhouette']:.3f}",
             f"{s['knn_accuracy']:.1%}", "-" if flat is None else f"{flat:.1%}",
         )
     table.caption = (f"silhouette on standardized codes by true class (-1..1); "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 from rich.table import Table
 
@@ -103,13 +103,15 @@ def fit(
                            "`aetool search` for this ED.")
     ] = False,
     name: Annotated[
-        str | None, typer.Option(help="Run folder name in the workspace.", show_default="ed{ED}")
+        str | None, typer.Option(help="Run folder name in the workspace: letters, digits, _ - "
+                                 "and . (not first).", show_default="ed{ED}")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch.")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite an existing run folder.")
+        bool, typer.Option("--force", help="Replace the run already in the folder, once the new "
+                           "run has finished its first epoch (until then the old one stays).")
     ] = False,
     mode: Annotated[
         str,
@@ -131,8 +133,8 @@ def fit(
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     if schedule is not None and schedule not in SCHEDULES:
         raise typer.BadParameter(f"must be {' or '.join(SCHEDULES)}", param_hint="--schedule")
-    root = runs_root if runs_root is not None else runs.default_runs_root()
-    run_dir = root / (name or f"ed{ed}")
+    root = runs.workspace_root(runs_root)
+    run_dir = runs.run_path(root, name if name is not None else f"ed{ed}")
     if from_search:
         from aetool.search import best_setting
 
@@ -148,36 +150,45 @@ def fit(
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
             val_size=val_size,
         )
-        if force and run_dir.exists():
-            shutil.rmtree(run_dir)
     result = train_with_progress(config, run_dir, data_dir=data_dir, resume=resume,
-                                 mode="eager" if no_compile else mode)
+                                 replace=force, mode="eager" if no_compile else mode)
     if json_output:
         print_json(summary(result))
     else:
         stderr.print(summary_table(result))
-        stderr.print(f"Run saved in [bold]{run_dir}[/]")
+        stderr.print(f"Run saved in [bold]{escape(str(run_dir))}[/]")
 
 
 def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, resume: bool = False,
-                        label: str | None = None, mode: str = "auto") -> FitResult:
-    """`training.fit` with a rich progress bar on stderr (epochs, losses, time left)."""
+                        label: str | None = None, mode: str = "auto",
+                        replace: bool = False) -> FitResult:
+    """`training.fit` with a rich progress bar on stderr (epochs, losses, time left). The bar
+    appears with the first finished epoch, so an error found before it is the first line."""
     from aetool.training import fit as fit_model
 
-    label = label or f"fit ED={config.ed}"
-    with progress_bar(TextColumn("{task.fields[losses]}")) as progress:
-        task = progress.add_task(label, total=config.max_epochs, losses="")
+    progress = progress_bar(TextColumn("{task.fields[losses]}"))
+    task = None
 
-        def on_epoch(record, cfg) -> None:
-            progress.update(
-                task, completed=record.epoch,
-                losses=f"train {record.train_loss:.5f} val {record.val_loss:.5f}",
-            )
+    def on_epoch(record, cfg) -> None:
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task(escape(label or f"fit ED={config.ed}"),
+                                     total=config.max_epochs, losses="")
+        progress.update(
+            task, completed=record.epoch,
+            losses=f"train {record.train_loss:.5f} val {record.val_loss:.5f}",
+        )
 
+    try:
         with download_progress() as data_progress:
-            result = fit_model(config, run_dir, data_dir=data_dir, resume=resume,
+            result = fit_model(config, run_dir, data_dir=data_dir, resume=resume, replace=replace,
                                on_epoch=on_epoch, data_progress=data_progress, mode=mode)
-        progress.update(task, total=len(result.history), completed=len(result.history))
+        if task is not None:
+            progress.update(task, total=len(result.history), completed=len(result.history))
+    finally:
+        if task is not None:
+            progress.stop()
     return result
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from aetool import runs
 from aetool.cli.app import app
-from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr
+from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr, warn
 from aetool.report import SECTIONS, write_report
 
 
@@ -26,9 +26,13 @@ def report(
 ) -> None:
     """Render one offline HTML page (inline CSS and images, no scripts) with the runs, losses,
     search grid, test MSE, noise table, latent plots and environment found in the workspace."""
-    root = runs_root if runs_root is not None else runs.default_runs_root()
     with stderr.status("Rendering the report"):
-        result = write_report(root, output)
+        result = write_report(runs_root, output)
+    for run in result.unreadable:
+        warn(f"run {run['name']} is left out of the report: {run['reason']}")
+    if result.created is not None:
+        stderr.print(f"Created the folder {escape(str(result.created))} for the report.",
+                     highlight=False)
     if json_output:
         print_json(result.summary())
         return

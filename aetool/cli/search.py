@@ -6,6 +6,7 @@ import math
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 from rich.table import Table
 
@@ -143,7 +144,7 @@ def search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    root = runs_root if runs_root is not None else runs.default_runs_root()
+    root = runs.workspace_root(runs_root)
     with progress_bar(TextColumn("{task.fields[status]}")) as progress:
         task = progress.add_task("search", total=len(config.grid()) * folds, status="")
 
@@ -158,8 +159,9 @@ def search(
     else:
         for ed_key, entry in results["eds"].items():
             stderr.print(results_table(int(ed_key), entry))
-        stderr.print(f"Results saved in [bold]{results_path(root)}[/]; study "
-                     f"[bold]{results['study']['name']}[/] in {results['study']['storage']}")
+        stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
+                     f"[bold]{escape(results['study']['name'])}[/] in "
+                     f"{escape(str(results['study']['storage']))}")
 
 
 def _fmt(value: float | None, spec: str = ".5f") -> str:

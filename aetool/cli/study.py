@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
@@ -102,7 +103,7 @@ def study(
 
         def on_progress(stage: str, done: float, total: float, status: str) -> None:
             progress.start_task(tasks[stage])
-            progress.update(tasks[stage], completed=done, total=total, status=status)
+            progress.update(tasks[stage], completed=done, total=total, status=escape(status))
 
         def on_stage(result) -> None:
             task = tasks[result.stage]
@@ -120,11 +121,12 @@ def study(
     for column in ("stage", "seconds", "computed", "already there"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for stage in summary["stages"]:
-        table.add_row(stage["stage"], f"{stage['seconds']:.1f}", ", ".join(stage["done"]) or "-",
-                      ", ".join(stage["skipped"]) or "-")
+        table.add_row(stage["stage"], f"{stage['seconds']:.1f}",
+                      escape(", ".join(stage["done"])) or "-",
+                      escape(", ".join(stage["skipped"])) or "-")
     table.add_row("[bold]total", f"[bold]{summary['seconds']:.1f}", "", "")
     stderr.print(table)
-    stderr.print(f"Report: [bold]{summary['report']}[/]")
+    stderr.print(f"Report: [bold]{escape(summary['report'])}[/]")
 
 
 def status_column():

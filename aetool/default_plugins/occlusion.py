@@ -45,7 +45,8 @@ def register_noises(register):
         "(the report), or anywhere with position=random.",
         apply=occlude,
         params=(
-            NoiseParam("size", int, 14, "side of the occluded square in pixels", minimum=1),
+            NoiseParam("size", int, 14, "side of the occluded square in pixels",
+                       minimum=1, maximum=28),
             NoiseParam("position", str, "quadrant", "quadrant: a corner drawn per image; "
                        "random: anywhere in the image", choices=("quadrant", "random")),
         ),

@@ -17,6 +17,12 @@ def add_uniform(
     return corrupted.clamp_(0.0, 1.0) if clip else corrupted
 
 
+def check_range(low: float, high: float, clip: bool = False) -> None:
+    """`low` may not be above `high`."""
+    if low > high:
+        raise ValueError(f"low must not be above high, got low={low:g}, high={high:g}")
+
+
 @hookimpl
 def register_noises(register):
     register(Noise(
@@ -28,4 +34,5 @@ def register_noises(register):
             NoiseParam("high", float, 1.0, "upper end of the added noise (excluded)"),
             NoiseParam("clip", bool, False, "clip the result to [0, 1]"),
         ),
+        validate=check_range,
     ))
