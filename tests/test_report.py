@@ -260,16 +260,116 @@ def test_script_names_are_escaped(trained, tmp_path):
     assert os.name == "nt" or "&lt;script&gt;alert(1)" in html
 
 
+# What a page must not hold to open offline with nothing fetched and nothing run: elements that
+# run code, load a document or resource, or send data; attributes that load a resource (only a
+# PNG data URI is allowed as a source, only "#fragment" as a link); CSS that loads anything.
+ACTIVE_TAGS = {"script", "link", "iframe", "frame", "frameset", "object", "embed", "applet",
+               "base", "form", "portal", "audio", "video", "source", "track", "use", "image",
+               "feimage", "foreignobject"}
+URL_ATTRIBUTES = {"href", "src", "srcset", "imagesrcset", "action", "formaction", "poster",
+                  "data", "background", "cite", "longdesc", "lowsrc", "dynsrc", "ping",
+                  "manifest", "codebase", "archive", "xlink:href", "profile", "icon"}
+CSS_FETCH = re.compile(r"@import|url\s*\(|image-set\s*\(|@font-face|expression\s*\(|"
+                       r"-moz-binding|behavior\s*:|src\s*\(", re.IGNORECASE)
+CSS_ESCAPE = re.compile(r"\\([0-9a-fA-F]{1,6})\s?|\\(.)")
+
+
+def css_unescaped(css: str) -> str:
+    """CSS with its escapes decoded (`@\\69mport` is `@import`) and comments removed."""
+    css = CSS_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)) if m.group(1) else m.group(2), css)
+    return re.sub(r"/\*.*?\*/", "", css, flags=re.DOTALL)
+
+
+class OfflineScan(HTMLParser):
+    """Everything in a page that would fetch from anywhere or run JavaScript."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.problems: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        self._check(tag, attrs)
+        self._in_style = tag == "style"
+
+    def handle_startendtag(self, tag, attrs):
+        self._check(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "style":
+            self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style and CSS_FETCH.search(css_unescaped(data)):
+            self.problems.append(f"<style> loads something: {data.strip()[:80]!r}")
+
+    def _check(self, tag, attrs):
+        if tag in ACTIVE_TAGS:
+            self.problems.append(f"<{tag}> element")
+        for name, value in attrs:
+            value = (value or "").strip()
+            if name.startswith("on"):
+                self.problems.append(f"<{tag} {name}=...>: an event handler (JavaScript)")
+            elif name == "style" and CSS_FETCH.search(css_unescaped(value)):
+                self.problems.append(f"<{tag} style={value[:60]!r}> loads something")
+            elif name == "http-equiv" and value.lower() != "content-type":
+                self.problems.append(f"<meta http-equiv={value!r}> (refresh or the like)")
+            elif name in URL_ATTRIBUTES or name.endswith(("src", "href")):
+                allowed = ("#",) if name.endswith("href") else ("data:image/png;base64,",)
+                if name.endswith("srcset") or not value.startswith(allowed):
+                    self.problems.append(f"<{tag} {name}={value[:60]!r}>: a fetch")
+            if "javascript:" in re.sub(r"\s", "", value.lower()):
+                self.problems.append(f"<{tag} {name}=...>: a javascript: URL")
+
+
+def offline_problems(html: str) -> list[str]:
+    scan = OfflineScan()
+    scan.feed(html)
+    scan.close()
+    return scan.problems + [f"an absolute URL: {m.group(0)}" for m in
+                            re.finditer(r"\b(?:https?|ftp|wss?)://[^\s\"'<>)]*", html)]
+
+
+@pytest.mark.parametrize("snippet", [
+    '<p onclick="alert(1)">x</p>',
+    "<body ONLOAD=go()>",
+    '<img src="data:image/png;base64,AAAA" srcset="//cdn.example/a.png 2x" alt="a">',
+    '<img src="data:image/png;base64,AAAA" alt="a"><picture><source srcset="a.webp"></picture>',
+    '<style>@import "theme.css";</style>',
+    '<style>@\\69mport "theme.css";</style>',
+    '<style>body { background: URL(bg.png) }</style>',
+    '<div style="background-image: url(//cdn.example/bg.png)"></div>',
+    '<meta http-equiv="refresh" content="0; url=elsewhere.html">',
+    '<a href="//evil.example/page">x</a>',
+    '<img src="//evil.example/x.png" alt="x">',
+    '<img src="x.png" alt="x">',
+    '<a href="javascript:alert(1)">x</a>',
+    "<script>alert(1)</script>",
+    '<svg><use href="sprite.svg#a"/></svg>',
+    '<svg><image xlink:href="pic.png"/></svg>',
+    '<link rel="stylesheet" href="style.css">',
+    '<form action="/send"><button>go</button></form>',
+    '<button formaction="/send">go</button>',
+    '<video poster="p.png"></video>',
+    '<iframe srcdoc="&lt;b&gt;"></iframe>',
+    "<p>see http://example.org</p>",
+])
+def test_offline_scan_catches_each_way_to_fetch_or_run(snippet):
+    assert offline_problems(f"<!DOCTYPE html><html><body>{snippet}</body></html>"), snippet
+
+
+def test_offline_scan_passes_a_clean_page():
+    clean = ('<!DOCTYPE html><html><head><meta charset="utf-8"><style>td { color: red }'
+             ' .bar { width: 50% }</style></head><body><a href="#noise">noise</a>'
+             '<img src="data:image/png;base64,AAAA" alt="a"><span style="width: 3.5%">'
+             "</span><p>once upon a time // not a link; online, onward</p></body></html>")
+    assert offline_problems(clean) == []
+
+
 def test_no_external_urls_and_every_image_has_alt(full_workspace, tmp_path):
     html = write_report(full_workspace, tmp_path / "r.html").path.read_text()
+    assert offline_problems(html) == []
     page = parse(html)
-    assert "http://" not in html and "https://" not in html
-    assert "url(" not in html
-    for tag, attrs in page.tags:
-        for key in ("src", "href"):
-            if key in attrs:
-                assert attrs[key].startswith(("data:image/png;base64,", "#")), (tag, attrs)
-        assert tag not in ("script", "link", "iframe", "object", "embed")
     images = [a for t, a in page.tags if t == "img"]
     assert len(images) >= 5  # loss plot, 2 noise grids, 2 latent plots
     assert all(a.get("alt", "").strip() for a in images)
@@ -348,7 +448,8 @@ def test_cli_json(full_workspace, tmp_path):
                                       "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary == {"path": str(out), "sections": ALL_SECTIONS, "bytes": out.stat().st_size}
+    assert summary == {"path": str(out), "sections": ALL_SECTIONS, "bytes": out.stat().st_size,
+                       "created": None, "unreadable": []}
 
 
 def test_cli_empty_workspace_exits_1_with_one_sentence(tmp_path):
@@ -362,33 +463,60 @@ def test_cli_empty_workspace_exits_1_with_one_sentence(tmp_path):
 
 
 def find_chromium() -> str | None:
-    for candidate in ("/usr/bin/chromium", shutil.which("chromium"),
+    # Debian's /usr/lib/chromium/chromium is the browser itself; /usr/bin/chromium is a shell
+    # wrapper that only adds desktop settings (and fails where /etc/chromium.d is missing).
+    for candidate in ("/usr/lib/chromium/chromium", "/usr/bin/chromium", shutil.which("chromium"),
                       shutil.which("chromium-browser"), shutil.which("google-chrome")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
 
 
-def test_page_renders_in_headless_chromium(full_workspace, tmp_path):
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("Chromium is not installed (scripts/test.sh installs Debian's `chromium`)")
-    page = write_report(full_workspace, tmp_path / "report.html").path
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def browser_unavailable(reason: str) -> None:
+    """Skip, except in CI (CI=true), where scripts/test.sh installs Chromium: there a browser
+    that is missing, does not start or hangs fails the test, unless AETOOL_TEST_NO_BROWSER=1
+    says knowingly that this CI has none."""
+    if IN_CI and not os.environ.get("AETOOL_TEST_NO_BROWSER"):
+        pytest.fail(f"{reason}; CI=true, so the browser check must run (set "
+                    "AETOOL_TEST_NO_BROWSER=1 to skip it on purpose)", pytrace=False)
+    pytest.skip(reason)
+
+
+def chromium_dump(chromium: str, page: Path, profile: Path) -> subprocess.CompletedProcess:
+    """Chromium's DOM of `page` after loading, with its console and network log on stderr.
+    Every host name resolves to nothing, so any fetch fails loudly (net::ERR_...) instead of
+    reaching a network."""
     command = [
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
-        "--enable-logging=stderr", "--v=0", "--dump-dom", page.resolve().as_uri(),
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+        "--dump-dom", page.resolve().as_uri(),
     ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=90)
     except subprocess.TimeoutExpired:
-        pytest.skip("Chromium did not finish within 90 s on this machine")
+        browser_unavailable("Chromium did not finish within 90 s on this machine")
     if done.returncode != 0 and not done.stdout:
-        pytest.skip(f"Chromium could not start here: {done.stderr.strip()[-300:]}")
+        browser_unavailable(f"Chromium could not start here: {done.stderr.strip()[-300:]}")
+    return done
+
+
+BROWSER_PROBLEM = re.compile(r"Uncaught|CONSOLE|console\.error|Refused to|net::ERR")
+
+
+def test_page_renders_in_headless_chromium(full_workspace, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        browser_unavailable(
+            "Chromium is not installed (scripts/test.sh installs Debian's `chromium`)")
+    page = write_report(full_workspace, tmp_path / "report.html").path
+    done = chromium_dump(chromium, page, tmp_path / "profile")
     dom = done.stdout
     assert "<title>aetool report</title>" in dom
     assert all(f'id="{s}"' in dom for s in ALL_SECTIONS)
-    console = [line for line in done.stderr.splitlines()
-               if re.search(r"Uncaught|CONSOLE|console\.error|Refused to|net::ERR", line)]
+    console = [line for line in done.stderr.splitlines() if BROWSER_PROBLEM.search(line)]
     assert not console, "\n".join(console)
