@@ -9,6 +9,11 @@ the report), aetool's test MSE, pass/fail, the settings, epochs run and training
     python benchmarks/accuracy.py --preset report --eds 4,8 --max-epochs 50
     python benchmarks/accuracy.py --workspace runs-acc --json > accuracy.json
 
+Each run also writes the rows, with the conditions they were measured under (command line,
+date, device, CPU model and flags, threads, versions), to
+`benchmarks/results/accuracy-<preset>-<date>.json` (`--results DIR` elsewhere, `--results ''`
+not at all).
+
 Runs go to `--workspace` (default: a temporary folder, removed afterwards). With a workspace
 a finished run is reused and an unfinished one resumed, so an interrupted session continues
 where it stopped. Meant for a GPU: the full recipe is hundreds of epochs per ED.
@@ -26,7 +31,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from aetool import runs, training
+from aetool.devices import resolve_device
 from aetool.errors import AetoolError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
 
 # Test MSE of the seed report's checkpoints (net_params_{ED}.pth; see shared/seed/NOTES.md).
 REPORT_TEST_MSE = {4: 0.02696, 8: 0.01608, 16: 0.00962, 32: 0.00813}
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="validation images (default 10,000; for small data sets)")
     parser.add_argument("--every", type=int, default=25, help="log every N epochs")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    parser.add_argument("--results", default=str(RESULTS_DIR),
+                        help="folder for the results file ('' for none)")
     args = parser.parse_args(argv)
 
     if args.preset not in training.PRESETS:
@@ -157,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [train_one(ed, args.preset, workspace, overrides, args.mode, args.every)
                 for ed in eds]
     print_table(rows, sys.stderr if args.json else sys.stdout)
-    print(f"total wall time {time.perf_counter() - tic:.0f} s", file=sys.stderr)
+    wall = time.perf_counter() - tic
+    print(f"total wall time {wall:.0f} s", file=sys.stderr)
+    save_result("accuracy", "accuracy.py", {"rows": rows, "wall_seconds": wall}, args.results,
+                resolve_device(args.device), argv, tag=args.preset)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0 if all(r["passed"] for r in rows) else 2

@@ -10,20 +10,28 @@ and the K models in vmap (`aetool.batched.train_batched`) in groups of each --pa
     python benchmarks/search_speed.py --device cpu --images 6000 --threads 1
 
 On a CPU the full set takes minutes per configuration; --images uses the first N images
-of the search's training split (the report's 50,000) and says so in its output.
+of the search's training split (the report's 50,000) and says so in its output. Each run
+also writes its numbers, with the conditions they were measured under, to
+`benchmarks/results/search_speed-<device>-<date>.json` (`--results DIR` elsewhere,
+`--results ''` not at all).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from aetool.batched import TrainJob, train_batched, train_sequential
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.search import SearchConfig, fold_indices, search_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
 
 
 def _jobs(config: SearchConfig, images: torch.Tensor, ed: int) -> list[TrainJob]:
@@ -42,25 +50,30 @@ def _seconds_per_epoch(train, jobs, images, epochs: int) -> float:
     return (time.perf_counter() - tic) / epochs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ed", type=int, default=4)
     parser.add_argument("--images", type=int, default=None,
                         help="use the first N search images (default: all 50,000)")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--val-size", type=int, default=10_000,
+                        help="fit's validation images, left out (default 10,000)")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per measurement")
     parser.add_argument("--parallel", type=int, nargs="*", default=None,
                         help="vmap group sizes to time (default: all K models at once)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--skip-sequential", action="store_true")
     parser.add_argument("--json", action="store_true", help="also print the numbers as JSON")
-    args = parser.parse_args()
+    parser.add_argument("--results", default=str(RESULTS_DIR),
+                        help="folder for the results file ('' for none)")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
-    config = SearchConfig(eds=[args.ed], batch_size=args.batch_size, limit=args.images)
+    config = SearchConfig(eds=[args.ed], batch_size=args.batch_size, limit=args.images,
+                          val_size=args.val_size)
     images, _ = search_images(config, device=device)
     jobs = _jobs(config, images, args.ed)
     k = len(jobs)
@@ -87,9 +100,13 @@ def main() -> None:
             line += f"  (speed-up {numbers['sequential'] / numbers[key]:.2f}x over sequential)"
         line += f"  ({numbers[key] / numbers['single']:.1f}x one model)"
         print(line)
+    summary = {"device": device_description(device), "images": int(images.shape[0]),
+               "models": k, "ed": args.ed, "batch_size": args.batch_size,
+               "epochs": args.epochs, "seconds_per_epoch": numbers}
+    save_result("search_speed", "search_speed.py", summary, args.results, device, argv,
+                tag=device.type)
     if args.json:
-        print(json.dumps({"device": device_description(device), "images": int(images.shape[0]),
-                          "models": k, "seconds_per_epoch": numbers}, indent=2))
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ images per epoch, as a real run does).
     python benchmarks/speed.py --device cpu --epochs 5 --modes auto,compile,eager
     python benchmarks/speed.py --json > speed.json
 
+Each run also writes its results, with the conditions they were measured under (command line,
+date, device, CPU model and flags, threads, load, versions), to
+`benchmarks/results/speed-<device>-batch<B>-<date>.json` (`--results DIR` elsewhere,
+`--results ''` not at all).
+
 This is a measurement, not a test: nothing fails when the ratio is low.
 """
 
@@ -39,6 +44,9 @@ from aetool.data import load_dataset, raw_dir, split_train_val
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError
 from aetool.model import Autoencoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
 
 LR, WEIGHT_DECAY = 1e-2, 1e-5
 
@@ -135,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--data-dir", default=None, help="data root (default: aetool's cache)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--results", default=str(RESULTS_DIR),
+                        help="folder for the results file ('' for none)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -174,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     plain_name = next(iter(contenders))
     plain, plain_best = medians[plain_name], min(samples[plain_name])
 
+    steps = -(-data.train_images.shape[0] // args.batch_size)
     rows = []
     for name in contenders:
         rows.append({
+            "steps_per_epoch": steps,
+            "ms_per_step": 1000 * medians[name] / steps,
             "name": name,
             "mode": resolved.get(name),
             "seconds_per_epoch": medians[name],
@@ -210,19 +223,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['fastest_epoch_seconds']:9.3f} {row['first_epoch_seconds']:8.2f} "
             f"{row['speedup_vs_plain']:19.2f}x {row['speedup_vs_plain_fastest']:8.2f}x"
         )
+    summary = {
+        "device": str(device),
+        "device_name": device_description(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "batch_size": args.batch_size,
+        "ed": args.ed,
+        "workers": workers,
+        "epochs": args.epochs,
+        "load_average": [load_before, load_after],
+        "results": rows,
+    }
+    save_result("speed", "speed.py", summary, args.results, device, argv,
+                tag=f"{device.type}-batch{args.batch_size}")
     if args.json:
-        print(json.dumps({
-            "device": str(device),
-            "device_name": device_description(device),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "batch_size": args.batch_size,
-            "ed": args.ed,
-            "workers": workers,
-            "epochs": args.epochs,
-            "load_average": [load_before, load_after],
-            "results": rows,
-        }, indent=2))
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -30,15 +31,20 @@ def test_accuracy_trains_reuses_and_refuses_other_settings(
     monkeypatch.setenv("AETOOL_DATA", str(fake_data_dir))
     accuracy = load_script("accuracy")
     args = ["--eds", "4", "--max-epochs", "2", "--batch-size", "100", "--val-size", "100",
-            "--device", "cpu", "--workspace", str(tmp_path), "--json"]
+            "--device", "cpu", "--workspace", str(tmp_path), "--json",
+            "--results", str(tmp_path / "results")]
 
     assert accuracy.main(args) == 2  # two epochs on 500 images do not beat the report
     rows = json.loads(capsys.readouterr().out)
+    assert_result_file(tmp_path / "results", "accuracy-best-", "accuracy.py", args,
+                       {"rows": rows, "wall_seconds": pytest.approx(1, abs=1000)})
     assert [r["ed"] for r in rows] == [4] and rows[0]["epochs"] == 2
     assert rows[0]["preset"] == "best" and rows[0]["settings"]["batch_size"] == 100
     assert rows[0]["target_test_mse"] == pytest.approx(0.0243)
     assert rows[0]["passed"] is False and rows[0]["test_mse"] > 0.0243
 
+    for path in (tmp_path / "results").iterdir():
+        path.unlink()
     assert accuracy.main(args) == 2  # the finished run is reused, not trained again
     out = capsys.readouterr()
     assert "reusing the finished run" in out.err
@@ -48,11 +54,55 @@ def test_accuracy_trains_reuses_and_refuses_other_settings(
         accuracy.main([*args[:5], "50", *args[6:]])
 
 
-def test_speed_times_the_plain_loop_and_aetool(fake_data_dir, capsys):
+def test_speed_times_the_plain_loop_and_aetool(fake_data_dir, capsys, tmp_path):
     speed = load_script("speed")
-    code = speed.main(["--device", "cpu", "--epochs", "1", "--batch-size", "100",
-                       "--modes", "auto,eager", "--data-dir", str(fake_data_dir), "--json"])
-    assert code == 0
+    args = ["--device", "cpu", "--epochs", "1", "--batch-size", "100", "--modes", "auto,eager",
+            "--data-dir", str(fake_data_dir), "--json", "--results", str(tmp_path)]
+    assert speed.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     text = json.dumps(result)
     assert "plain" in text and "eager" in text and "tuned" in text
+    assert all(r["steps_per_epoch"] == 6 for r in result["results"])
+    assert_result_file(tmp_path, "speed-cpu-batch100-", "speed.py", args, result)
+
+
+def test_search_speed_times_sequential_and_vmap(fake_data_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("AETOOL_DATA", str(fake_data_dir))
+    search_speed = load_script("search_speed")
+    args = ["--device", "cpu", "--images", "90", "--batch-size", "30", "--val-size", "100",
+            "--parallel", "27",
+            "--json", "--results", str(tmp_path)]
+    search_speed.main(args)
+    out = capsys.readouterr().out
+    result = json.loads(out[out.index("{"):])
+    assert result["models"] == 27 and result["images"] == 90
+    assert set(result["seconds_per_epoch"]) == {"single", "sequential", "vmap_27"}
+    assert_result_file(tmp_path, "search_speed-cpu-", "search_speed.py", args, result)
+
+
+def test_nothing_is_saved_with_an_empty_results_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record = load_script("record")
+    assert record.save_result("speed", "speed.py", {}, "", "cpu", []) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def assert_result_file(folder: Path, prefix: str, script: str, args: list[str], results):
+    """The one results file in `folder`: its results, the command that made them and the
+    conditions (date, device, CPU flags, versions)."""
+    import shlex
+
+    import torch
+
+    (path,) = folder.iterdir()
+    assert path.name.startswith(prefix) and path.suffix == ".json"
+    saved = json.loads(path.read_text())
+    assert saved["kind"] == prefix.split("-")[0]
+    assert saved["results"] == results
+    env = saved["environment"]
+    assert env["command"] == shlex.join(["python", f"benchmarks/{script}", *args])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["date"])
+    assert env["device"] == "cpu" and env["versions"]["torch"] == torch.__version__
+    assert env["cpu"]["model"] and env["torch_threads"] >= 1
+    if Path("/proc/cpuinfo").is_file():
+        assert env["cpu"]["flags"] and all(" " not in f for f in env["cpu"]["flags"])

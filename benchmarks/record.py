@@ -1,0 +1,84 @@
+"""Where a benchmark's numbers came from: one JSON file per run in `benchmarks/results/`.
+
+Each benchmark script calls `save_result(kind, script, results, args.results, device, argv)`:
+the file holds the results and the conditions they were measured under (command line, UTC
+date, device, CPU model and flags from /proc/cpuinfo, thread counts, load average, versions),
+so that every figure the README quotes can be traced to, and checked against, a committed
+file (tests/test_readme_figures.py does that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_info() -> dict:
+    """CPU model, logical CPUs and flags (from /proc/cpuinfo where there is one)."""
+    info: dict = {"model": platform.processor() or platform.machine(),
+                  "logical_cpus": os.cpu_count(), "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and info["model"] in ("", platform.machine(), platform.processor()):
+            info["model"] = value.strip()
+        elif key in ("flags", "Features") and not info["flags"]:
+            info["flags"] = value.split()
+    return info
+
+
+def environment(script: str, device=None, argv: list[str] | None = None) -> dict:
+    """The conditions of a measurement."""
+    import torch
+
+    import aetool
+    from aetool.devices import device_description
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    env = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": shlex.join(["python", f"benchmarks/{script}",
+                               *(sys.argv[1:] if argv is None else argv)]),
+        "device": None if device is None else str(device),
+        "device_name": None if device is None else device_description(device),
+        "cpu": cpu_info(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_end": load,
+        "versions": {"aetool": getattr(aetool, "__version__", None), "torch": torch.__version__,
+                     "python": platform.python_version(), "platform": platform.platform()},
+    }
+    if device is not None and torch.device(device).type == "cuda":
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def save_result(kind: str, script: str, results, directory: str | None, device=None,
+                argv: list[str] | None = None, tag: str = "") -> Path | None:
+    """Write `{"kind", "environment", "results"}` to DIRECTORY/KIND[-TAG]-DATE.json and return
+    its path; nothing when `directory` is empty."""
+    if not directory:
+        return None
+    env = environment(script, device, argv)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = env["date"].replace("-", "").replace(":", "")
+    path = folder / f"{kind}{'-' + tag if tag else ''}-{stamp}.json"
+    path.write_text(json.dumps({"kind": kind, "environment": env, "results": results},
+                               indent=2) + "\n")
+    print(f"results written to {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,206 @@
+"""Every figure the README's Speed and Accuracy sections quote comes from a committed file.
+
+The speed figures must match the result files that `benchmarks/speed.py` and
+`benchmarks/search_speed.py` wrote into `benchmarks/results/` (cited next to each table),
+to the digits printed; the report checkpoints' test MSE in the accuracy table is recomputed
+from the checkpoints. After the checks, any decimal number left in those sections that no
+check accounted for fails the test: a new figure needs a result file and a check here.
+(The README's Table 1 is checked by tests/test_corrupt.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aetool.model import load_model
+from aetool.training import evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+RESULTS = ROOT / "benchmarks" / "results"
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+
+
+def load_benchmark(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import importlib
+
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def section(start: str, end: str) -> str:
+    text = README.read_text()
+    assert start in text and end in text, (start, end)
+    return text[text.index(start) : text.index(end, text.index(start))]
+
+
+def prose(markdown: str) -> str:
+    """The text without fenced code blocks and inline code (commands, not figures)."""
+    markdown = re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", markdown)
+
+
+def cited(markdown: str, prefix: str) -> dict:
+    """The one result file named `prefix*.json` that the section cites, loaded; it must be in
+    the repository (and tracked by git, where there is a git checkout)."""
+    names = sorted(set(re.findall(rf"benchmarks/results/({re.escape(prefix)}[\w.-]*\.json)",
+                                  markdown)))
+    assert len(names) == 1, f"the README should cite one {prefix}*.json file, not {names}"
+    path = RESULTS / names[0]
+    assert path.is_file(), f"{path} is cited by the README but missing"
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=ROOT,
+                                 capture_output=True)
+        assert tracked.returncode == 0, f"{path} is cited by the README but not committed"
+    return json.loads(path.read_text())
+
+
+def table_rows(markdown: str, header_start: str) -> list[list[str]]:
+    lines = markdown[markdown.index(header_start):].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def unaccounted(markdown: str, checked: set[str]) -> list[str]:
+    return [n for n in DECIMAL.findall(prose(markdown)) if n not in checked]
+
+
+def cpu_words(environment: dict) -> list[str]:
+    """What the README must say about the CPU a file was measured on."""
+    cpu = environment["cpu"]
+    words = [cpu["model"], f"{environment['torch_threads']} thread"]
+    if "avx512f" in cpu["flags"]:
+        words.append("AVX-512")
+    elif "avx2" in cpu["flags"]:
+        words.append("AVX2")
+    return words
+
+
+def test_speed_figures_match_the_committed_results():
+    text = section("\n## Speed\n", "### Accuracy against the report")
+    checked: set[str] = set()
+    batch1000 = cited(text, "speed-cpu-batch1000-")
+    env, summary = batch1000["environment"], batch1000["results"]
+    assert summary["batch_size"] == 1000 and summary["ed"] == 4 and summary["device"] == "cpu"
+    assert f"`{env['command']}`" in text, "the README should show the command that was run"
+    by_name = {r["name"]: r for r in summary["results"]}
+
+    def pick(prefix: str, mode: str | None = None) -> dict:
+        (row,) = [r for name, r in by_name.items() if name.startswith(prefix)]
+        if mode is not None:
+            assert row["mode"] == mode, f"{row['name']} ran as {row['mode']}, not {mode}"
+        return row
+
+    contenders = [pick("plain"), pick("aetool auto", "tuned"), pick("aetool compile", "compile"),
+                  pick("aetool eager", "eager"), pick("aetool fit")]
+    (cpu_row,) = [r for r in table_rows(text, "| device |") if r[0].startswith("CPU")]
+    device, *cells = cpu_row
+    torch_version = summary["torch"].split("+")[0]
+    for word in [*cpu_words(env), f"torch {torch_version}",
+                 f"num_workers={summary['workers']}"]:
+        assert word in device, f"{word!r} missing from the README's CPU row: {device}"
+    checked.add(torch_version)
+    assert summary["epochs"] >= 5 and f"median of {summary['epochs']}" in text
+    for cell, row in zip(cells, contenders, strict=True):
+        match = re.fullmatch(r"\**([\d.]+) s(?: \(([\d.]+)×\))?\**", cell)
+        assert match, cell
+        seconds, ratio = match.groups()
+        assert seconds == f"{row['seconds_per_epoch']:.2f}", (row["name"], cell)
+        checked.add(seconds)
+        if row is contenders[0]:
+            assert ratio is None
+        else:
+            assert ratio == f"{row['speedup_vs_plain']:.1f}", (row["name"], cell)
+            checked.add(ratio)
+    first_compile = re.search(r"its first epoch, which compiles, took ([\d.]+) s",
+                              " ".join(text.split()))
+    assert first_compile and first_compile.group(1) == f"{contenders[2]['first_epoch_seconds']:.0f}"
+
+    batch128 = cited(text, "speed-cpu-batch128-")
+    small = {r["mode"]: r for r in batch128["results"]["results"] if r.get("mode")}
+    assert batch128["results"]["batch_size"] == 128
+    assert f"`{batch128['environment']['command']}`" in text
+    assert cpu_words(batch128["environment"]) == cpu_words(env)
+    step = re.search(r"`tuned` takes ([\d.]+) ms a step against ([\d.]+) ms for `eager` "
+                     r"\(an epoch of the 50,000 training images in about ([\d.]+) s\)",
+                     " ".join(text.split()))
+    assert step, "the README's batch-128 sentence changed; update this test"
+    tuned, eager, epoch = step.groups()
+    assert tuned == f"{small['tuned']['ms_per_step']:.1f}"
+    assert eager == f"{small['eager']['ms_per_step']:.1f}"
+    assert epoch == f"{small['tuned']['ms_per_step'] * math.ceil(50_000 / 128) / 1000:.1f}"
+    checked.update(step.groups())
+    assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def test_search_speed_figures_match_the_committed_results():
+    text = section("### Speed\n\nA grid is many small", "## Latent space")
+    result = cited(text, "search_speed-cpu-")
+    env, numbers = result["environment"], result["results"]["seconds_per_epoch"]
+    assert f"`{env['command']}`" in text, "the README should show the command that was run"
+    assert result["results"]["models"] == 27
+    for word in cpu_words(env):
+        assert word in " ".join(text.split()), f"{word!r}: say which CPU measured it"
+    checked: set[str] = set()
+    rows = {r[0]: r[1:] for r in table_rows(text, "| 27 models, one epoch |")}
+    expected = {"one model alone": ("single", None),
+                "sequentially (fit's loop)": ("sequential", "1"),
+                "vmap, all 27 together": ("vmap_27", "x"), "vmap, groups of 9": ("vmap_9", "x"),
+                "vmap, groups of 3": ("vmap_3", "x")}
+    assert list(rows) == list(expected)
+    for label, (key, ratio) in expected.items():
+        seconds, versus = rows[label]
+        digits = 2 if key == "single" else 1
+        assert seconds == f"{numbers[key]:.{digits}f}", (label, seconds)
+        checked.add(seconds)
+        if ratio == "x":
+            assert versus == f"{numbers['sequential'] / numbers[key]:.2f}x", (label, versus)
+            checked.add(versus.removesuffix("x"))
+        else:
+            assert versus == (ratio or ""), (label, versus)
+    assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def test_accuracy_figures_are_the_checkpoints_and_the_targets(real_mnist, seed_checkpoints):
+    """The report's column is each checkpoint's test MSE, recomputed here; the targets are 10%
+    below it; aetool's own figures are quoted only with a cited result file."""
+    accuracy = load_benchmark("accuracy")
+    text = section("### Accuracy against the report", "## Data")
+    rows = table_rows(text, "| ED | report's checkpoint |")
+    assert [int(r[0]) for r in rows] == [4, 8, 16, 32]
+    checked: set[str] = set()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for ed_text, report, target, *_ in rows:
+            ed = int(ed_text)
+            model = load_model(seed_checkpoints / f"net_params_{ed}.pth")
+            mse = evaluate(model, real_mnist.test_images)
+            assert report == f"{mse:.5f}" == f"{accuracy.REPORT_TEST_MSE[ed]:.5f}", ed
+            assert target == f"<= {accuracy.TARGET_TEST_MSE[ed]:g}", ed
+            assert accuracy.TARGET_TEST_MSE[ed] == pytest.approx(0.9 * mse, abs=1e-4)
+            checked.update({report, target.removeprefix("<= ")})
+    finally:
+        torch.set_num_threads(threads)
+    if re.search(r"benchmarks/results/accuracy-[\w.-]+\.json", text):
+        result = cited(text, "accuracy-")
+        for row in result["results"]["rows"]:
+            checked.add(f"{row['test_mse']:.5f}")
+            checked.add(f"{100 * row['improvement_vs_report']:.1f}")
+    assert unaccounted(text, checked) == [], "figures without a result file behind them"
