@@ -468,6 +468,14 @@ class GraphEpoch:
             inputs = clean
         return F.mse_loss(self.model(inputs), clean)
 
+    def _captured_step(self, batch_size: int, with_noise: bool) -> None:
+        """The step the graph holds: forward, backward, Adam, and the loss added to the total.
+        (A method of its own, so that tests can replay it on the CPU, tests/test_fast.py.)"""
+        loss = self._step_body(with_noise)
+        loss.backward()
+        self.optimizer.step()
+        self.total.add_(loss.detach() * batch_size)
+
     def _capture(self, images: torch.Tensor, batch_size: int, with_noise: bool) -> None:
         shape = (batch_size, *images.shape[1:])
         self.static = {"images": torch.zeros(shape, dtype=images.dtype, device=self.device)}
@@ -489,10 +497,7 @@ class GraphEpoch:
         optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss = self._step_body(with_noise)
-            loss.backward()
-            optimizer.step()
-            self.total.add_(loss.detach() * batch_size)
+            self._captured_step(batch_size, with_noise)
         self.graph = graph
         self.key = (batch_size, with_noise, images.dtype, tuple(images.shape[1:]))
         self.signature = self._signature()
@@ -540,7 +545,7 @@ class GraphEpoch:
     ) -> float:
         if model is not self.model or optimizer is not self.optimizer:
             self._bind(model, optimizer)
-        if images.device.type != "cuda":
+        if images.device.type != self.device.type:  # the device is CUDA (see __init__)
             raise AetoolError("Training mode 'graph' needs the images on the CUDA device.")
         n = images.shape[0]
         full = n // batch_size
