@@ -84,10 +84,13 @@ def test_batched_training_gives_the_sequential_losses(fake_split):
 
 def test_train_models_uses_the_loop_for_one_model(fake_split, monkeypatch):
     images, jobs = _jobs(fake_split)
-    called = []
-    monkeypatch.setattr("aetool.batched.train_batched", lambda *a, **k: called.append(1))
-    curves = train_models(jobs[:1], images, epochs=1, progress=lambda n: called.append(n))
-    assert called == [1] and len(curves[0].val) == 1  # progress once; no vmap call
+    calls = []
+    monkeypatch.setattr("aetool.batched.train_batched",
+                        lambda *a, **k: calls.append("train_batched"))
+    curves = train_models(jobs[:1], images, epochs=1,
+                          progress=lambda n: calls.append(("progress", n)))
+    # one model, one epoch: progress reports it once, and vmap is never called
+    assert calls == [("progress", 1)] and len(curves[0].val) == 1
 
 
 def test_models_of_different_shapes_are_refused(fake_split):

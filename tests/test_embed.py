@@ -77,9 +77,19 @@ def test_scores_tell_separated_from_mixed_classes():
 
 
 def test_silhouette_samples_large_sets_reproducibly():
+    from sklearn.metrics import silhouette_score
+
     points, labels = blobs(separated=True, n=3000)
+    full = silhouette_score(points, labels)
     first = silhouette(points, labels, sample=500, seed=1)
-    assert first == silhouette(points, labels, sample=500, seed=1)
+    assert first == silhouette(points, labels, sample=500, seed=1)  # the seed fixes the sample
+    second = silhouette(points, labels, sample=500, seed=2)
+    # A sample really is drawn, and the seed chooses it: other seeds, other estimates ...
+    assert first != second and first != full and second != full
+    # ... of the same score: a 500-point sample estimates the mean of 3000 closely.
+    assert first == pytest.approx(full, abs=0.02) and second == pytest.approx(full, abs=0.02)
+    # A set no larger than the sample is scored whole.
+    assert silhouette(points, labels, sample=3000, seed=1) == pytest.approx(full, abs=1e-12)
 
 
 def test_scores_need_two_classes():
