@@ -34,7 +34,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from aetool.data import to_float
 from aetool.errors import AetoolError
 from aetool.model import Autoencoder
-from aetool.training import FitConfig, evaluate, learning_rate, train_epoch
+from aetool.settings import FitConfig, learning_rate
+from aetool.steps import evaluate, train_epoch
 
 # Called after every epoch with the number of model-epochs just finished (M for a batch).
 ProgressFn = Callable[[int], None]

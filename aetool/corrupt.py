@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from aetool import runs
-from aetool.data import to_float
+from aetool.data import ProgressFn, load_dataset, to_float
+from aetool.errors import AetoolError
 from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
-from aetool.training import evaluate, make_generator
+from aetool.steps import evaluate, make_generator
 
-NOISE_TABLE = "noise_table.json"
-NOISE_EXAMPLES = "noise_examples.png"
+NOISE_TABLE = runs.NOISE_TABLE  # file names are the workspace's (aetool.runs)
+NOISE_EXAMPLES = runs.NOISE_EXAMPLES
 
 RowCallback = Callable[[dict[str, Any]], None]
 
@@ -169,3 +171,72 @@ def _corrupt_and_save(model: torch.nn.Module, test_images: torch.Tensor,
     if folder is not None:
         save_noise_table(folder, record)
     return record
+
+
+# --------------------------------------------------------------------------- over many models
+
+
+@dataclass
+class Target:
+    """A model to corrupt: where it comes from and where its results go (None: nowhere)."""
+
+    name: str
+    ed: int
+    model: torch.nn.Module
+    dataset: str
+    folder: Path | None
+
+
+def run_targets(found: Sequence[runs.Run], device: torch.device | str,
+                dataset: str | None = None) -> list[Target]:
+    """Trained runs as targets, each with the data set it was trained on (unless `dataset`)."""
+    return [Target(run.name, run.ed, run.model(device), dataset or run.settings.dataset,
+                   run.path) for run in found]
+
+
+def checkpoint_targets(paths: Sequence[Path | str], device: torch.device | str,
+                       eds: Sequence[int] | None = None, output: Path | str | None = None,
+                       dataset: str | None = None) -> list[Target]:
+    """Bare state_dict files (the report's `net_params_4.pth`...) as targets; with `output`,
+    each one's results go to `output/<file name>/`."""
+    from aetool.model import load_model
+
+    targets = []
+    for path in map(Path, paths):
+        model = load_model(path, None, device)
+        if eds and model.encoding_dim not in eds:
+            raise AetoolError(f"Checkpoint {path} has encoding dimension {model.encoding_dim}, "
+                              f"not {', '.join(map(str, eds))}.")
+        folder = Path(output) / path.stem if output is not None else None
+        targets.append(Target(path.stem, model.encoding_dim, model, dataset or "mnist", folder))
+    return targets
+
+
+def corrupt_models(
+    targets: Sequence[Target],
+    noises: Sequence[ConfiguredNoise],
+    device: torch.device | str = "cpu",
+    *,
+    data_dir: Path | str | None = None,
+    seed: int = 42,
+    batch_size: int = 1000,
+    examples: int = 3,
+    on_target: Callable[[Target], None] | None = None,
+    on_row: RowCallback | None = None,
+    data_progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """The noise table of every target on its data set's test images (each set loaded once),
+    saved into its folder; returns the records, each with its `folder`."""
+    test_sets: dict[str, torch.Tensor] = {}
+    records = []
+    for target in targets:
+        if target.dataset not in test_sets:
+            data = load_dataset(target.dataset, data_dir, device, data_progress)
+            test_sets[target.dataset] = data.test_images
+        if on_target is not None:
+            on_target(target)
+        record = corrupt_and_save(target.model, test_sets[target.dataset], noises, target.folder,
+                                  target.name, target.ed, seed=seed, batch_size=batch_size,
+                                  examples=examples, on_row=on_row)
+        records.append({**record, "folder": target.folder})
+    return records

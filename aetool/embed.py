@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,14 @@ import numpy as np
 import torch
 
 from aetool import runs
-from aetool.data import ImageData, to_float
+from aetool.data import ImageData, ProgressFn, load_dataset, to_float
 from aetool.errors import AetoolError
 from aetool.files import write_atomic
 
 METHODS = ("pca", "tsne")
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
-EMBEDDING_NPZ = "embedding.npz"
-EMBEDDING_JSON = "embedding.json"
+EMBEDDING_NPZ = runs.EMBEDDING_NPZ  # file names are the workspace's (aetool.runs)
+EMBEDDING_JSON = runs.EMBEDDING_JSON
 SILHOUETTE_SAMPLE = 5000  # silhouette costs O(n^2): score a seeded sample of this many codes
 KNN_NEIGHBORS = 5
 KNN_FOLDS = 5
@@ -42,7 +43,7 @@ PLOT_DPI = 90
 
 
 def plot_name(method: str) -> str:
-    return f"latent_{method}.png"
+    return runs.embedding_plot(method)
 
 
 @dataclass
@@ -367,7 +368,35 @@ def embed_run(
 
 
 __all__ = [
-    "Embedding", "METHODS", "embed_model", "embed_run", "encode_images", "knn_accuracy",
+    "Embedding", "METHODS", "embed_model", "embed_run", "embed_runs", "encode_images",
+    "knn_accuracy",
     "load_codes", "pca_projection", "save_embedding", "scatter_png", "silhouette",
     "tsne_projection",
 ]
+
+
+def embed_runs(
+    found: Sequence[runs.Run],
+    methods: Sequence[str] = ("pca",),
+    device: torch.device | str = "cpu",
+    *,
+    data_dir: Path | str | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    on_run: Callable[[runs.Run], None] | None = None,
+    data_progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Embed and save every run with the data set it was trained on (unless `dataset`), each
+    set loaded once; returns the summaries, each with the run folder's `path`."""
+    methods = check_methods(list(methods))
+    loaded: dict[str, ImageData] = {}
+    summaries = []
+    for run in found:
+        if on_run is not None:
+            on_run(run)
+        name = dataset or run.settings.dataset
+        if name not in loaded:
+            loaded[name] = load_dataset(name, data_dir, device, data_progress)
+        _, summary = embed_run(run, loaded[name], methods, device, seed=seed)
+        summaries.append({**summary, "path": str(run.path)})
+    return summaries

@@ -1,13 +1,13 @@
-"""Fast training epochs: the step of `training.train_epoch`, run the quickest way a device allows.
+"""Fast training epochs: the step of `steps.train_epoch`, run the quickest way a device allows.
 
 `make_train_epoch(model, optimizer, device, mode)` returns a function with the signature and
-meaning of `training.train_epoch` (one pass over the images in the seeded random order, the
+meaning of `steps.train_epoch` (one pass over the images in the seeded random order, the
 mean training loss back), so the training loop can swap one for the other. Every mode computes
 the same losses as eager mode within float tolerance; only the kernels and their scheduling
 differ.
 
 Modes:
-- `eager`: `training.train_epoch` itself, unchanged: the reference, and the one to debug with.
+- `eager`: `steps.train_epoch` itself, unchanged: the reference, and the one to debug with.
 - `tuned`: eager kernels with the device's cheap wins. On the CPU: channels-last parameters
   (oneDNN's fast path for the transposed convolutions), a GEMM-based forward for transposed
   convolutions with few output channels (`SmallOutputConvTranspose`; oneDNN is slowest
@@ -35,16 +35,14 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from aetool.data import to_float
 from aetool.errors import AetoolError
-
-if TYPE_CHECKING:
-    from aetool.training import NoiseFn
+from aetool.steps import NoiseFn, train_epoch
 
 MODES = ("auto", "graph", "compile", "tuned", "eager")
 
@@ -72,7 +70,7 @@ def make_train_epoch(
     device: torch.device | str,
     mode: str = "auto",
 ) -> TrainEpochFn:
-    """A drop-in for `training.train_epoch`, prepared for `model` and `optimizer` on `device`.
+    """A drop-in for `steps.train_epoch`, prepared for `model` and `optimizer` on `device`.
 
     The returned function has a `mode` attribute naming the mode it runs. It may be called with
     other model or optimizer objects; it then prepares again for those.
@@ -80,7 +78,6 @@ def make_train_epoch(
     device = torch.device(device)
     mode = resolve_mode(mode, device)
     if mode == "eager":
-        from aetool.training import train_epoch  # lazy: training imports this module
 
         return _Named(train_epoch, "eager")
     if mode == "graph":
@@ -353,7 +350,6 @@ class EagerEpoch:
                 use_fast_cpu_layers(model)
         if _is_adam_family(optimizer):
             configure_optimizer(optimizer, fused=self.fused_adam and fused_supported(images.device))
-        from aetool.training import train_epoch  # lazy: training imports this module
 
         return train_epoch(model, optimizer, images, batch_size, shuffle, noise,
                            noise_generator, backward=self._loss_and_backward)

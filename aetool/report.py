@@ -32,7 +32,7 @@ from aetool.files import write_atomic
 from aetool.search import results_path
 
 TEMPLATE = "report.html.j2"
-REPORT_FILE = "report.html"
+REPORT_FILE = runs.REPORT_FILE
 MAX_IMAGE_WIDTH = 900  # pixels; wider PNGs are downscaled before they are inlined
 MAX_IMAGE_BYTES = 350_000  # per inlined PNG; larger ones are scaled down until they fit
 MIN_IMAGE_WIDTH = 320  # but never narrower than this
@@ -510,7 +510,7 @@ def write_report(
 ) -> ReportResult:
     """Render the workspace's report and write it atomically (default `ROOT/report.html`)."""
     root = runs.workspace_root(root)
-    output = Path(output) if output is not None else root / REPORT_FILE
+    output = Path(output) if output is not None else runs.Workspace(root).report
     if output.is_dir():
         raise AetoolError(f"--output {output} is a folder; name the HTML file to write.")
     data = collect_report(root)

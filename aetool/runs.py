@@ -42,12 +42,22 @@ from aetool.files import load_json as _load_json
 from aetool.files import load_torch as _load_torch
 from aetool.settings import FitConfig
 
+# A run folder's files.
 CONFIG = "config.json"
 HISTORY = "history.json"
 MODEL = "model.pt"
 STATE = "state.pt"
 METRICS = "metrics.json"
-SEARCH_DIR = "search"  # the search's folder in the workspace
+NOISE_TABLE = "noise_table.json"  # aetool corrupt
+NOISE_EXAMPLES = "noise_examples.png"
+EMBEDDING_NPZ = "embedding.npz"  # aetool embed
+EMBEDDING_JSON = "embedding.json"
+# The workspace's own files.
+SEARCH_DIR = "search"  # aetool search: its folder, results and Optuna journal
+SEARCH_RESULTS = "results.json"
+SEARCH_LOG = "study.log"
+REPORT_FILE = "report.html"  # aetool report
+STUDY_FILE = "study.json"  # aetool study
 RESERVED = {SEARCH_DIR}
 NAME_RULE = ("one folder name of letters, digits, '_', '-' and '.', starting with a letter or "
              "a digit, at most 100 characters")
@@ -106,6 +116,57 @@ def default_runs_root() -> Path:
 def run_path(root: Path | str | None, name: str) -> Path:
     """The folder of run `name` in the workspace, after checking the name."""
     return workspace_root(root) / check_run_name(name)
+
+
+def embedding_plot(method: str) -> str:
+    """The file name of a run's latent-space scatter plot for projection `method`."""
+    return f"latent_{method}.png"
+
+
+class Workspace:
+    """A workspace folder and every path in it: the one place that knows the layout.
+
+    `Workspace()` is `$AETOOL_RUNS` or `./runs`; `Workspace(path)` any folder (not a file)."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = workspace_root(root)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of run `name`, after checking the name (`check_run_name`)."""
+        return self.root / check_run_name(name)
+
+    def runs(self, finished_only: bool = True,
+             unreadable: list[Unreadable] | None = None) -> list[Run]:
+        return list_runs(self.root, finished_only, unreadable)
+
+    def select(self, names: list[str] | None = None, eds: list[int] | None = None) -> list[Run]:
+        return select_runs(self.root, names, eds)
+
+    def lock(self, name: str, what: str | None = None, wait: float = 0.0) -> RunLock:
+        return RunLock(self.root, name, what, wait)
+
+    @property
+    def search_dir(self) -> Path:
+        return self.root / SEARCH_DIR
+
+    @property
+    def search_results(self) -> Path:
+        return self.search_dir / SEARCH_RESULTS
+
+    @property
+    def search_log(self) -> Path:
+        return self.search_dir / SEARCH_LOG
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+    @property
+    def study(self) -> Path:
+        return self.root / STUDY_FILE
 
 
 # --------------------------------------------------------------------------- locks

@@ -47,7 +47,7 @@ from aetool import runs
 from aetool.batched import Curves, TrainJob, train_models
 from aetool.data import ProgressFn, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
-from aetool.errors import AetoolError, RunError
+from aetool.errors import AetoolError, RunError, SettingError
 from aetool.search_study import (
     SEARCH_DIR,
     STUDY_LOG,
@@ -56,12 +56,12 @@ from aetool.search_study import (
     hide_password,
     open_storage,
 )
-from aetool.training import FitConfig
+from aetool.settings import FitConfig
 
 DEFAULT_EDS = (4, 8, 16, 32)
 DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
 DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-4, 1e-5)
-RESULTS = "results.json"
+RESULTS = runs.SEARCH_RESULTS
 OSCILLATION_DEFINITION = (
     "sum of epoch-to-epoch increases of the validation loss over the second half of the "
     "epochs, divided by its mean over that half; the largest over the folds"
@@ -105,28 +105,32 @@ class SearchConfig:
     poll_interval: float = 2.0  # seconds between looks at the study while others finish
 
     def validate(self) -> None:
+        """Check every value; a `SettingError` names the first bad field."""
         checks = [
-            (bool(self.eds), "the grid needs at least one --ed"),
-            (bool(self.lrs), "the grid needs at least one --lr"),
-            (bool(self.weight_decays), "the grid needs at least one --weight-decay"),
-            (all(e >= 1 for e in self.eds), "every --ed must be at least 1"),
-            (all(v > 0 and math.isfinite(v) for v in self.lrs), "every --lr must be positive"),
-            (all(v >= 0 and math.isfinite(v) for v in self.weight_decays),
-             "every --weight-decay must be zero or more"),
-            (self.folds >= 2, f"--folds must be at least 2, got {self.folds}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.limit is None or self.limit >= 2 * self.folds,
-             f"--limit must leave at least two images per fold, got {self.limit}"),
-            (self.max_loss > 0, f"--max-loss must be positive, got {self.max_loss}"),
-            (self.max_oscillation >= 0,
-             f"--max-oscillation must be zero or more, got {self.max_oscillation}"),
-            (self.parallel is None or self.parallel >= 1,
-             f"--parallel must be at least 1, got {self.parallel}"),
+            ("eds", bool(self.eds), "the grid needs at least one encoding dimension (eds)"),
+            ("lrs", bool(self.lrs), "the grid needs at least one learning rate (lrs)"),
+            ("weight_decays", bool(self.weight_decays),
+             "the grid needs at least one weight decay (weight_decays)"),
+            ("eds", all(e >= 1 for e in self.eds), "every one of eds must be at least 1"),
+            ("lrs", all(v > 0 and math.isfinite(v) for v in self.lrs),
+             "every one of lrs must be positive"),
+            ("weight_decays", all(v >= 0 and math.isfinite(v) for v in self.weight_decays),
+             "every one of weight_decays must be zero or more"),
+            ("folds", self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
+            ("epochs", self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            ("batch_size", self.batch_size >= 1,
+             f"batch_size must be at least 1, got {self.batch_size}"),
+            ("limit", self.limit is None or self.limit >= 2 * self.folds,
+             f"limit must leave at least two images per fold, got {self.limit}"),
+            ("max_loss", self.max_loss > 0, f"max_loss must be positive, got {self.max_loss}"),
+            ("max_oscillation", self.max_oscillation >= 0,
+             f"max_oscillation must be zero or more, got {self.max_oscillation}"),
+            ("parallel", self.parallel is None or self.parallel >= 1,
+             f"parallel must be at least 1, got {self.parallel}"),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise AetoolError(message[0].upper() + message[1:] + ".")
+                raise SettingError(name, message[0].upper() + message[1:] + ".")
 
     def grid(self) -> list[GridPoint]:
         """Every grid point, ED by ED, in the order of the options."""

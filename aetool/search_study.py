@@ -25,15 +25,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from aetool import runs
 from aetool.errors import AetoolError, RunError
 
-if TYPE_CHECKING:
-    from aetool.search import SearchConfig
-
-SEARCH_DIR = "search"
-STUDY_LOG = "study.log"
+SEARCH_DIR = runs.SEARCH_DIR  # file names are the workspace's (aetool.runs)
+STUDY_LOG = runs.SEARCH_LOG
 PROTOCOL_ATTR = "aetool:protocol"
 WORKER_ATTR = "aetool:worker"
 HEARTBEAT_ATTR = "aetool:heartbeat"
@@ -93,6 +91,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class SearchConfig(Protocol):
+    """What a `GridStudy` needs of `aetool.search.SearchConfig` (which is one)."""
+
+    study_name: str | None
+    seed: int
+    grace_period: float
+    heartbeat_interval: float
+
+    def default_study_name(self) -> str: ...
+    def search_space(self) -> dict[str, list[Any]]: ...
+    def grid(self) -> list[GridPoint]: ...
 
 
 class GridStudy:

@@ -54,7 +54,6 @@ class FitConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, "be zero or more"),
             ("val_size", self.val_size >= 1, "be at least 1"),
             ("schedule", self.schedule in SCHEDULES, f"be one of {', '.join(SCHEDULES)}"),
-            ("preset", self.preset in PRESETS, f"be one of {', '.join(PRESETS)}"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -68,8 +67,6 @@ class FitConfig:
             raise SettingError("config", f"settings must be a JSON object, got {values!r}.")
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in values.items() if k in known})
-        if isinstance(config.lr, int) and not isinstance(config.lr, bool):
-            config.lr = float(config.lr)
         config.validate()
         return config
 
@@ -127,6 +124,13 @@ def preset_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> FitConfig:
     config = FitConfig(**values)
     config.validate()
     return config
+
+
+def settings_differ(saved: FitConfig, config: FitConfig,
+                    ignore: tuple[str, ...] = ("max_epochs", "device")) -> list[str]:
+    """The fields whose values differ between two settings, except those in `ignore`."""
+    return [f.name for f in fields(FitConfig)
+            if f.name not in ignore and getattr(saved, f.name) != getattr(config, f.name)]
 
 
 def learning_rate(config: FitConfig, epoch: int) -> float:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from aetool import runs
-from aetool.errors import AetoolError
-from aetool.training import DEFAULT_PRESET
+from aetool.errors import AetoolError, SettingError
+from aetool.settings import DEFAULT_PRESET, preset_config
+from aetool.training import fit_run, resume_config, run_config
 
 STAGES = ("search", "fit", "corrupt", "embed", "report")
-STUDY_FILE = "study.json"
+STUDY_FILE = runs.STUDY_FILE
 
 
 @dataclass
@@ -45,6 +46,41 @@ class StudySettings:
     search_limit: int | None = None  # use only the first N training images in the search
     skip_search: bool = False  # fit with the preset's lr and wd instead of searching
 
+    def validate(self) -> None:
+        """Check the options of every stage before the first one starts (`SettingError`)."""
+        from aetool.data import dataset_spec
+        from aetool.devices import resolve_device
+        from aetool.embed import check_methods
+        from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
+
+        if not self.eds:
+            raise SettingError("eds", "The study needs at least one encoding dimension.")
+        for ed in self.eds:  # the fit stage's settings, for every ED
+            preset_config(self.preset, ed=ed, max_epochs=self.max_epochs, seed=self.seed,
+                          device=self.device, dataset=self.dataset, val_size=self.val_size)
+        if not self.skip_search:
+            self.search_config().validate()
+        dataset_spec(self.dataset)
+        resolve_device(self.device)
+        try:
+            parse_noise_specs(self.noises or list(DEFAULT_NOISE_SPECS))
+        except AetoolError as exc:
+            raise SettingError("noises", str(exc)) from None
+        try:
+            check_methods(self.methods)
+        except AetoolError as exc:
+            raise SettingError("methods", str(exc)) from None
+
+    def search_config(self):  # noqa: ANN201 (aetool.search.SearchConfig, imported lazily)
+        from aetool.search import SearchConfig
+
+        return SearchConfig(
+            eds=self.eds, lrs=self.lrs, weight_decays=self.weight_decays, folds=self.folds,
+            epochs=self.search_epochs, seed=self.seed, dataset=self.dataset,
+            val_size=self.val_size, limit=self.search_limit, device=self.device,
+            max_loss=self.max_loss,
+        )
+
 
 # Progress: (stage, units done, units in all, what is happening now).
 StudyProgressFn = Callable[[str, float, float, str], None]
@@ -60,17 +96,11 @@ class StageResult:
 
 def _search(settings: StudySettings, root: Path, data_dir: Path | None,
             progress: StudyProgressFn) -> StageResult:
-    from aetool.search import SearchConfig, run_search
+    from aetool.search import run_search
 
-    config = SearchConfig(
-        eds=settings.eds, lrs=settings.lrs, weight_decays=settings.weight_decays,
-        folds=settings.folds, epochs=settings.search_epochs, seed=settings.seed,
-        dataset=settings.dataset, val_size=settings.val_size, limit=settings.search_limit,
-        device=settings.device, max_loss=settings.max_loss,
-    )
     tic = time.perf_counter()
     results = run_search(
-        config, root, data_dir=data_dir,
+        settings.search_config(), root, data_dir=data_dir,
         on_progress=lambda done, total, status: progress("search", done, total, status),
     )
     # The search resumes from its study: points trained before are not trained again.
@@ -80,41 +110,31 @@ def _search(settings: StudySettings, root: Path, data_dir: Path | None,
 
 def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
          progress: StudyProgressFn) -> StageResult:
-    from aetool.training import fit, preset_config, resume_config
-
     tic = time.perf_counter()
     done, skipped = [], []
     for i, ed in enumerate(settings.eds):
-        run_dir = root / f"ed{ed}"
-        if (run_dir / runs.METRICS).exists():
-            skipped.append(run_dir.name)
-            progress("fit", i + 1, len(settings.eds), f"{run_dir.name} already trained")
+        name = f"ed{ed}"
+        if (root / name / runs.METRICS).exists():
+            skipped.append(name)
+            progress("fit", i + 1, len(settings.eds), f"{name} already trained")
             continue
-        resume = (run_dir / runs.STATE).exists()
-        if resume:
-            config = resume_config(run_dir, device=settings.device)
+        if (root / name / runs.STATE).exists():  # an interrupted study: its own settings
+            config = resume_config(root / name, device=settings.device)
         else:
-            best: dict[str, Any] = {}
-            if not settings.skip_search:
-                from aetool.search import best_setting
-
-                best = best_setting(root, ed)
-            config = preset_config(
-                settings.preset, ed=ed, lr=best.get("lr"),
-                weight_decay=best.get("weight_decay"), max_epochs=settings.max_epochs,
-                seed=settings.seed, device=settings.device, dataset=settings.dataset,
-                val_size=settings.val_size,
+            config = run_config(
+                settings.preset, runs_root=root, from_search=not settings.skip_search, ed=ed,
+                max_epochs=settings.max_epochs, seed=settings.seed, device=settings.device,
+                dataset=settings.dataset, val_size=settings.val_size,
             )
-        total = config.max_epochs
 
-        def on_epoch(record: Any, cfg: Any, i: int = i, name: str = run_dir.name,
-                     total: int = total) -> None:
+        def on_epoch(record: Any, cfg: Any, i: int = i, name: str = name,
+                     total: int = config.max_epochs) -> None:
             progress("fit", i + record.epoch / total, len(settings.eds),
                      f"{name}: epoch {record.epoch}, val {record.val_loss:.5f}")
 
-        fit(config, run_dir, data_dir=data_dir, resume=resume, on_epoch=on_epoch)
-        done.append(run_dir.name)
-        progress("fit", i + 1, len(settings.eds), f"{run_dir.name} done")
+        fit_run(config, root, name, existing="continue", data_dir=data_dir, on_epoch=on_epoch)
+        done.append(name)
+        progress("fit", i + 1, len(settings.eds), f"{name} done")
     return StageResult("fit", time.perf_counter() - tic, done, skipped)
 
 
@@ -124,52 +144,47 @@ def _study_runs(settings: StudySettings, root: Path) -> list[runs.Run]:
 
 def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
              progress: StudyProgressFn) -> StageResult:
-    from aetool.corrupt import NOISE_TABLE, corrupt_and_save
-    from aetool.data import load_dataset
+    from aetool.corrupt import corrupt_models, run_targets
     from aetool.devices import resolve_device
     from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
 
     tic = time.perf_counter()
     noises = parse_noise_specs(settings.noises or list(DEFAULT_NOISE_SPECS))
     device = resolve_device(settings.device)
-    todo = [r for r in _study_runs(settings, root) if not (r.path / NOISE_TABLE).exists()]
-    skipped = [r.name for r in _study_runs(settings, root) if r not in todo]
-    test_sets: dict[str, Any] = {}  # each run is corrupted on its own data set's test images
+    found = _study_runs(settings, root)
+    todo = [r for r in found if not (r.path / runs.NOISE_TABLE).exists()]
     total = max(len(todo) * len(noises), 1)
-    count = 0
-    for run in todo:
+    count, current = 0, ""
 
-        def on_row(row: Any, name: str = run.name) -> None:
-            nonlocal count
-            count += 1
-            progress("corrupt", count, total, f"{name}: {row['label']}")
+    def on_row(row: Any) -> None:
+        nonlocal count
+        count += 1
+        progress("corrupt", count, total, f"{current}: {row['label']}")
 
-        dataset = run.settings.dataset
-        if dataset not in test_sets:
-            test_sets[dataset] = load_dataset(dataset, data_dir, device).test_images
-        corrupt_and_save(run.model(device), test_sets[dataset], noises, run.path, run.name,
-                         run.ed, on_row=on_row)
+    def on_target(target: Any) -> None:
+        nonlocal current
+        current = target.name
+
+    # Each run is corrupted on the test images of the data set it was trained on.
+    corrupt_models(run_targets(todo, device), noises, device, data_dir=data_dir,
+                   on_target=on_target, on_row=on_row)
     progress("corrupt", total, total, "done")
-    return StageResult("corrupt", time.perf_counter() - tic, [r.name for r in todo], skipped)
+    return StageResult("corrupt", time.perf_counter() - tic, [r.name for r in todo],
+                       [r.name for r in found if r not in todo])
 
 
 def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
            progress: StudyProgressFn) -> StageResult:
-    from aetool.data import load_dataset
     from aetool.devices import resolve_device
-    from aetool.embed import EMBEDDING_JSON, embed_run
+    from aetool.embed import embed_runs
 
     tic = time.perf_counter()
-    device = resolve_device(settings.device)
     found = _study_runs(settings, root)
-    todo = [r for r in found if not (r.path / EMBEDDING_JSON).exists()]
-    loaded: dict[str, Any] = {}  # each run is embedded with its own data set
-    for i, run in enumerate(todo):
-        progress("embed", i, len(todo), f"{run.name}")
-        dataset = run.settings.dataset
-        if dataset not in loaded:
-            loaded[dataset] = load_dataset(dataset, data_dir, device)
-        embed_run(run, loaded[dataset], settings.methods, device, seed=settings.seed)
+    todo = [r for r in found if not (r.path / runs.EMBEDDING_JSON).exists()]
+    # Each run is embedded with the data set it was trained on.
+    embed_runs(todo, settings.methods, resolve_device(settings.device), data_dir=data_dir,
+               seed=settings.seed,
+               on_run=lambda run: progress("embed", todo.index(run), len(todo), run.name))
     progress("embed", len(todo), max(len(todo), 1), "done")
     return StageResult("embed", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
@@ -197,9 +212,9 @@ def run_study(
     on_progress: StudyProgressFn | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage in order, skipping finished work; return and save the stage timings."""
-    if not settings.eds:
-        raise AetoolError("The study needs at least one encoding dimension.")
+    """Run every stage in order, skipping finished work; return and save the stage timings.
+    Every stage's options are checked before the first stage starts."""
+    settings.validate()
     root = runs.workspace_root(runs_root)
     data_dir = Path(data_dir) if data_dir is not None else None
     progress = on_progress or (lambda *args: None)
@@ -215,7 +230,7 @@ def run_study(
         "settings": asdict(settings),
         "stages": [asdict(r) for r in results],
         "seconds": time.perf_counter() - tic,
-        "report": str(root / "report.html"),
+        "report": str(runs.Workspace(root).report),
     }
     runs.save_json(root / STUDY_FILE, summary)
     return summary

@@ -13,15 +13,14 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from aetool import __version__, runs
-from aetool.data import ProgressFn, Split, dataset_spec, load_dataset, split_train_val, to_float
+from aetool.data import ProgressFn, Split, dataset_spec, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.fast import make_train_epoch, resolve_mode
@@ -33,13 +32,15 @@ from aetool.settings import (  # noqa: F401 (re-exported: settings used to live 
     FitConfig,
     learning_rate,
     preset_config,
+    settings_differ,
 )
-
-# A noise turns a clean float batch into a corrupted one, drawing randomness from `generator`.
-NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-# Loss and backward of one step: (inputs, clean targets, is a full batch) -> the loss.
-BackwardFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
-
+from aetool.steps import (  # noqa: F401 (re-exported: they used to live here)
+    BackwardFn,
+    NoiseFn,
+    evaluate,
+    make_generator,
+    train_epoch,
+)
 
 # --------------------------------------------------------------------------- building blocks
 
@@ -50,66 +51,6 @@ def should_stop(val_losses: list[float], patience: int, tolerance: float) -> boo
     if patience <= 0 or len(val_losses) <= patience:
         return False
     return abs(val_losses[-1] - val_losses[-1 - patience]) < tolerance
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    batch_size: int = 2000,
-    noise: NoiseFn | None = None,
-    generator: torch.Generator | None = None,
-) -> float:
-    """Mean squared error per pixel between reconstructions and the clean uint8 `images`."""
-    was_training = model.training
-    model.eval()
-    # float64 keeps the sum exact over 10,000 images; MPS has no float64, so float32 there.
-    dtype = torch.float32 if images.device.type == "mps" else torch.float64
-    total = torch.zeros((), device=images.device, dtype=dtype)
-    for start in range(0, images.shape[0], batch_size):
-        clean = to_float(images[start : start + batch_size])
-        inputs = noise(clean, generator) if noise is not None else clean
-        total += F.mse_loss(model(inputs), clean, reduction="sum").to(dtype)
-    model.train(was_training)
-    return (total / images[:1].numel() / images.shape[0]).item()
-
-
-def train_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    batch_size: int,
-    shuffle: torch.Generator,
-    noise: NoiseFn | None = None,
-    noise_generator: torch.Generator | None = None,
-    backward: BackwardFn | None = None,
-) -> float:
-    """One pass over `images` in a seeded random order; returns the mean training loss.
-
-    `backward(inputs, clean, full_batch)` may replace the plain loss + backward of a step
-    (`aetool.fast` passes compiled or tuned kernels); the optimiser step stays here."""
-    model.train()
-    n = images.shape[0]
-    order = torch.randperm(n, generator=shuffle).to(images.device, non_blocking=True)
-    total = torch.zeros((), device=images.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        clean = to_float(images[idx])
-        inputs = noise(clean, noise_generator) if noise is not None else clean
-        if backward is None:
-            loss = F.mse_loss(model(inputs), clean)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        else:
-            loss = backward(inputs, clean, idx.numel() == batch_size)
-        optimizer.step()
-        total += loss.detach() * idx.numel()
-    return (total / n).item()
-
-
-def make_generator(device: torch.device, seed: int) -> torch.Generator:
-    generator = torch.Generator(device=device if device.type != "mps" else "cpu")
-    return generator.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- the fit
@@ -366,19 +307,62 @@ def fit(
     return result
 
 
+EXISTING = ("refuse", "resume", "replace", "continue")  # what fit_run does with a run there
+
+
 def fit_run(
     config: FitConfig,
     runs_root: Path | str | None = None,
     name: str | None = None,
     *,
-    resume: bool = False,
-    replace: bool = False,
+    existing: str = "refuse",
     **options: Any,
 ) -> FitResult:
-    """Fit run `name` (default `ed{ED}`) in the workspace `runs_root` (default `./runs` or
-    `$AETOOL_RUNS`); `options` go to `fit`. The name must be one plain folder name."""
-    path = runs.run_path(runs_root, name if name is not None else f"ed{config.ed}")
-    return fit(config, path, resume=resume, replace=replace, **options)
+    """Fit run `name` (default `ed{ED}`, one plain folder name) in the workspace `runs_root`
+    (default `$AETOOL_RUNS` or `./runs`); `options` go to `fit`.
+
+    `existing` says what to do with a run already in that folder: `refuse` it (start a new run
+    only where there is none), `resume` it (the unfinished run, with the same settings),
+    `replace` it (once the new run has trained its first epoch), or `continue` (return a
+    finished run as it is, resume an unfinished one, start a new one where there is none)."""
+    if existing not in EXISTING:
+        raise SettingError("existing", f"existing must be one of {', '.join(EXISTING)}, "
+                           f"got {existing!r}.")
+    path = runs.Workspace(runs_root).run_dir(name if name is not None else f"ed{config.ed}")
+    if existing == "continue":
+        if (path / runs.METRICS).exists():
+            return finished_result(path)
+        existing = "resume" if (path / runs.STATE).exists() else "refuse"
+    return fit(config, path, resume=existing == "resume", replace=existing == "replace",
+               **options)
+
+
+def finished_result(path: Path | str) -> FitResult:
+    """The `FitResult` of a finished run folder, read from its files."""
+    run = runs.open_run(path)
+    if not run.finished:
+        raise RunError(f"{run.path} is not finished.")
+    m = run.metrics
+    history = [EpochRecord(**{k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "lr",
+                                                    "seconds")}) for r in run.history()]
+    device = (m.get("environment") or {}).get("device", "")
+    return FitResult(run.path, run.settings, history, m.get("best_epoch", 0),
+                     m.get("best_val_loss", math.nan), m["test_mse"],
+                     bool(m.get("stopped_early")), m.get("train_seconds", 0.0), device, m)
+
+
+def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = None,
+               from_search: bool = False, **overrides: Any) -> FitConfig:
+    """The settings of a new run: the preset's, then (with `from_search`) the learning rate and
+    weight decay `aetool search` chose for this ED in the workspace, then every override that
+    is not None."""
+    if from_search:
+        from aetool.search import best_setting  # optuna loads only when needed
+
+        best = best_setting(runs_root, overrides.get("ed") or FitConfig.ed)
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen}
+    return preset_config(preset, **overrides)
 
 
 def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
@@ -386,22 +370,19 @@ def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) ->
         saved = FitConfig.from_dict(state.get("config", {}))
     except SettingError as exc:
         raise RunError(f"{run_dir / runs.STATE} holds bad settings: {exc}") from None
-    differ = [
-        f.name for f in fields(FitConfig)
-        if f.name not in ("max_epochs", "device")
-        and getattr(saved, f.name) != getattr(config, f.name)
-    ]
     if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
         raise RunError(
             f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
             f"decays over the {saved.max_epochs} epochs it was started with; resume without "
             "a new max_epochs."
         )
+    differ = settings_differ(saved, config)
     if differ:
         raise RunError(
             f"Cannot resume {run_dir}: its settings differ in {', '.join(differ)}; "
             "resume with the same settings (or none: they are read from the run)."
         )
+
 
 def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
     """The settings an unfinished run was started with (optionally with a new max_epochs)."""

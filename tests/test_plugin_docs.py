@@ -108,12 +108,9 @@ def test_noise_param_is_documented_with_its_exact_fields():
     assert re.findall(r"`(\w+)`", types_listed) == [t.__name__ for t in noises.PARAM_TYPES]
 
 
-# Where README.md and the code part today (issue 16, item 9, reported; README.md not yet
-# changed): NoiseParam's `help` has a default "" in the code, and Noise has an optional
-# `validate(**params)` the README does not mention. Empty these when the README catches up;
-# any other difference fails now.
-KNOWN_NOISE_PARAM_GAPS = [("help", "help=''")]
-KNOWN_UNDOCUMENTED_NOISE_FIELDS = ["validate"]
+# Where README.md and the code part (none today): any difference fails.
+KNOWN_NOISE_PARAM_GAPS: list[tuple[str, str]] = []
+KNOWN_UNDOCUMENTED_NOISE_FIELDS: list[str] = []
 
 
 def test_noise_param_defaults_are_all_documented():
@@ -139,15 +136,17 @@ def documented_noise_fields() -> list[str]:
 
 def test_every_documented_noise_field_is_one_and_is_required_as_documented():
     documented = documented_noise_fields()
-    assert documented == ["name", "description", "apply", "params", "label"]
+    assert documented == ["name", "description", "apply", "params", "label", "validate"]
     fields = {f.name: f for f in dataclasses.fields(Noise)}
     required = {n for n, f in fields.items()
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
     assert required == {"name", "description", "apply"}  # the README's "has a ..."
     assert fields["params"].default == () and fields["label"].default is None  # optional
+    assert fields["validate"].default is None
     calls = documented_calls(noise_paragraph())
     assert calls["apply"] == ["x", "generator", "**params"]
     assert calls["label"] == ["**params"]
+    assert calls["validate"] == ["**params"]
 
 
 def test_every_noise_field_a_plugin_can_set_is_documented():

@@ -86,8 +86,11 @@ BAD_NAMES = ["..", ".", "/", "../escape", "a/b", "a\\b", "/tmp/abs", "", ".hidde
 def test_a_run_name_must_be_one_plain_folder_name(name, finished, fake_data_dir):
     parent, workspace = finished
     before = snapshot(parent)
-    result = invoke("fit", "--name", name, "--force", "--dataset", "nope",
-                    *small_args(fake_data_dir))
+    # The issue's probe: a bad name, --force and a bad option together.
+    probe = invoke("fit", "--name", name, "--force", "--dataset", "nope",
+                   *small_args(fake_data_dir))
+    assert probe.exit_code == 2, probe.output
+    result = invoke("fit", "--name", name, "--force", *small_args(fake_data_dir))
     assert result.exit_code == 2, result.output
     assert "--name" in result.output and "not allowed" in result.output
     assert "Traceback" not in result.output

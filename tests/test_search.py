@@ -233,9 +233,9 @@ def test_bad_grids_exit_2_with_a_clear_message(args, needle, workspace):
 
 
 def test_library_refuses_bad_grids():
-    with pytest.raises(search.AetoolError, match="at least one --lr"):
+    with pytest.raises(search.AetoolError, match="at least one learning rate"):
         SearchConfig(lrs=[]).validate()
-    with pytest.raises(search.AetoolError, match="--folds must be at least 2"):
+    with pytest.raises(search.AetoolError, match="Folds must be at least 2"):
         SearchConfig(folds=1).validate()
 
 

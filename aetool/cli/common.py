@@ -26,7 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from aetool.data import DATASETS
 from aetool.errors import AetoolError, SettingError
+from aetool.settings import PRESETS
 
 stderr = Console(stderr=True)
 
@@ -46,8 +48,24 @@ DataDirOption = Annotated[
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
 ]
+def one_of(choices: Any, what: str) -> Callable[[Any], Any]:
+    """A Typer callback accepting only the names in `choices` (a library table), exit 2."""
+
+    def callback(value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and item not in choices:
+                raise typer.BadParameter(f"unknown {what} {item!r}; choose one of: "
+                                         f"{', '.join(choices)}")
+        return value
+
+    return callback
+
+
+preset_choice = one_of(PRESETS, "preset")
+DATASET_CHOICES = ", ".join(DATASETS)
+dataset_choice = one_of(DATASETS, "data set")
 DatasetOption = Annotated[
-    str, typer.Option("--dataset", help="mnist or fashion-mnist.")
+    str, typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice)
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print machine-readable results on stdout.")
@@ -91,7 +109,10 @@ def warn(message: str) -> None:
 
 
 # The library's names for settings whose command-line option is called otherwise.
-_OPTION_NAMES = {"name": ("name", "run"), "runs": ("runs_root",), "replace": ("force",)}
+_OPTION_NAMES = {"name": ("name", "run"), "runs": ("runs_root",), "replace": ("force",),
+                 "eds": ("ed",), "lrs": ("lr",), "weight_decays": ("weight_decay",),
+                 "epochs": ("epochs", "search_epochs"), "methods": ("method",),
+                 "noises": ("noise",)}
 
 
 def command_options(func: Callable[..., Any]) -> dict[str, str]:

@@ -6,22 +6,23 @@ Prints one table with a column per model side by side, saves `noise_table.json` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from aetool import runs
 from aetool.cli.app import app
 from aetool.cli.common import (
+    DATASET_CHOICES,
     DataDirOption,
     DeviceOption,
     JsonOption,
     RunsOption,
     at_least,
+    dataset_choice,
     download_progress,
     handle_errors,
     print_json,
@@ -30,17 +31,6 @@ from aetool.cli.common import (
 )
 from aetool.cli.noises import parse_noise_option
 from aetool.noises import DEFAULT_NOISE_SPECS
-
-
-@dataclass
-class Target:
-    """A model to corrupt: where it comes from and where its results go."""
-
-    name: str
-    ed: int
-    model: torch.nn.Module
-    dataset: str
-    folder: Path | None
 
 
 @app.command()
@@ -53,7 +43,7 @@ def corrupt(
     ] = None,
     run: Annotated[
         list[str] | None,
-        typer.Option("--run", help="A run folder name in the workspace (or a path); repeatable.",
+        typer.Option("--run", help="A run's name in the workspace; repeatable.",
                      show_default="every finished run"),
     ] = None,
     checkpoint: Annotated[
@@ -82,7 +72,7 @@ def corrupt(
     device: DeviceOption = "auto",
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="mnist or fashion-mnist.",
+        typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice,
                      show_default="the one each run was trained on; mnist for --checkpoint"),
     ] = None,
     data_dir: DataDirOption = None,
@@ -94,37 +84,28 @@ def corrupt(
     Default: every finished run in the workspace and the report's Table 1 noises (original,
     gaussian sigma 0.1, 0.3, 0.5, 1, 2, occlusion, uniform), seeded.
     """
-    from aetool.corrupt import corrupt_and_save
-    from aetool.data import DATASETS, load_dataset
+    from aetool import corrupt as library
     from aetool.devices import resolve_device
 
     noises = parse_noise_option(noise or DEFAULT_NOISE_SPECS)
-    if dataset is not None and dataset not in DATASETS:
-        raise typer.BadParameter(f"unknown data set {dataset!r}; choose one of: "
-                                 f"{', '.join(DATASETS)}", param_hint="'--dataset'")
     if output is not None and not checkpoint:
         raise typer.BadParameter("only goes with --checkpoint (runs save into their folders)",
                                  param_hint="'--output'")
     torch_device = resolve_device(device)
-    targets = select_targets(ed, run, checkpoint, output, dataset, runs_root, torch_device)
-
-    test_sets: dict[str, torch.Tensor] = {}
-    records = []
-    with progress_bar() as progress:
+    targets = []
+    if checkpoint:
+        targets += library.checkpoint_targets(checkpoint, torch_device, ed, output, dataset)
+    if run or not checkpoint:
+        found = runs.Workspace(runs_root).select(run, None if checkpoint else ed)
+        targets += library.run_targets(found, torch_device, dataset)
+    with progress_bar() as progress, download_progress() as data_progress:
         task = progress.add_task("corrupt", total=len(targets) * len(noises))
-        for target in targets:
-            if target.dataset not in test_sets:
-                with download_progress() as data_progress:
-                    data = load_dataset(target.dataset, data_dir, torch_device, data_progress)
-                test_sets[target.dataset] = data.test_images
-            progress.update(task, description=f"corrupt {escape(target.name)}")
-            record = corrupt_and_save(
-                target.model, test_sets[target.dataset], noises, target.folder, target.name,
-                target.ed, seed=seed, batch_size=batch_size, examples=examples,
-                on_row=lambda row: progress.advance(task),
-            )
-            records.append({**record, "folder": target.folder})
-
+        records = library.corrupt_models(
+            targets, noises, torch_device, data_dir=data_dir, seed=seed, batch_size=batch_size,
+            examples=examples, data_progress=data_progress,
+            on_target=lambda t: progress.update(task, description=f"corrupt {escape(t.name)}"),
+            on_row=lambda row: progress.advance(task),
+        )
     if json_output:
         print_json({"seed": seed, "noises": [n.as_dict() for n in noises], "models": records})
         return
@@ -136,37 +117,6 @@ def corrupt(
                          f"in [bold]{escape(str(record['folder']))}[/]", highlight=False)
     if checkpoint and output is None:
         stderr.print("Nothing saved for --checkpoint models; pass --output DIR to keep them.")
-
-
-def select_targets(
-    eds: list[int] | None,
-    names: list[str] | None,
-    checkpoints: list[Path] | None,
-    output: Path | None,
-    dataset: str | None,
-    runs_root: Path | None,
-    device: torch.device,
-) -> list[Target]:
-    """The runs (`--run`/`--ed`, default all finished) and/or bare checkpoints to corrupt."""
-    from aetool import runs
-    from aetool.errors import AetoolError
-    from aetool.model import load_model
-
-    targets = []
-    if checkpoints:
-        for path in checkpoints:
-            model = load_model(path, None, device)
-            if eds and model.encoding_dim not in eds:
-                raise AetoolError(f"Checkpoint {path} has encoding dimension "
-                                  f"{model.encoding_dim}, not {', '.join(map(str, eds))}.")
-            folder = output / path.stem if output is not None else None
-            targets.append(Target(path.stem, model.encoding_dim, model, dataset or "mnist",
-                                  folder))
-    if names or not checkpoints:
-        for found in runs.select_runs(runs_root, names, None if checkpoints else eds):
-            targets.append(Target(found.name, found.ed, found.model(device),
-                                  dataset or found.config.get("dataset", "mnist"), found.path))
-    return targets
 
 
 def side_by_side(records: list[dict[str, Any]]) -> Table:

@@ -12,32 +12,21 @@ from rich.table import Table
 from aetool import runs
 from aetool.cli.app import app
 from aetool.cli.common import (
+    DATASET_CHOICES,
     DataDirOption,
     DeviceOption,
     JsonOption,
     RunsOption,
+    dataset_choice,
     download_progress,
     handle_errors,
+    one_of,
     print_json,
     progress_bar,
     stderr,
 )
-from aetool.data import DATASETS, ImageData, load_dataset
 from aetool.devices import resolve_device
-from aetool.embed import METHODS, check_methods, embed_run
-
-
-def _methods(values: list[str] | None) -> list[str] | None:
-    for value in values or []:
-        if value not in METHODS:
-            raise typer.BadParameter(f"unknown method {value!r}; choose from: {', '.join(METHODS)}")
-    return values
-
-
-def _dataset(value: str | None) -> str | None:
-    if value is not None and value not in DATASETS:
-        raise typer.BadParameter(f"unknown dataset {value!r}; choose one of: {', '.join(DATASETS)}")
-    return value
+from aetool.embed import METHODS, embed_runs
 
 
 @app.command()
@@ -49,19 +38,20 @@ def embed(
     ] = None,
     run: Annotated[
         list[str] | None,
-        typer.Option("--run", help="A run folder name or path (repeatable).",
+        typer.Option("--run", help="A run's name in the workspace (repeatable).",
                      show_default="every finished run"),
     ] = None,
     method: Annotated[
         list[str] | None,
-        typer.Option("--method", help="Projection to 2-D: pca or tsne (repeatable; t-SNE takes "
-                     "about a minute per run on a CPU).", show_default="pca", callback=_methods),
+        typer.Option("--method", help=f"Projection to 2-D: {', '.join(METHODS)} (repeatable; "
+                     "t-SNE takes about a minute per run on a CPU).", show_default="pca",
+                     callback=one_of(METHODS, "method")),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the score samples, folds and t-SNE.")] = 0,
     device: DeviceOption = "auto",
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="mnist or fashion-mnist.", callback=_dataset,
+        typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice,
                      show_default="the dataset each run was trained on"),
     ] = None,
     data_dir: DataDirOption = None,
@@ -70,22 +60,19 @@ def embed(
 ) -> None:
     """Encode the test set with trained runs; save codes, a 2-D scatter plot and separation
     scores (silhouette, k-NN accuracy) in each run folder."""
-    methods = check_methods(method or ["pca"])
-    picked = runs.select_runs(runs_root, names=run, eds=ed)
     torch_device = resolve_device(device)
-    loaded: dict[str, ImageData] = {}
-    summaries = []
+    picked = runs.Workspace(runs_root).select(run, ed)
     with progress_bar() as progress, download_progress() as data_progress:
         task = progress.add_task("embed", total=len(picked))
-        for chosen in picked:
-            progress.update(task, description=f"embed {escape(chosen.name)}")
-            name = dataset or chosen.config.get("dataset", "mnist")
-            if name not in loaded:
-                loaded[name] = load_dataset(name, data_dir, torch_device, data_progress)
-            _, summary = embed_run(chosen, loaded[name], methods, torch_device, seed=seed)
-            summary["path"] = str(chosen.path)
-            summaries.append(summary)
-            progress.advance(task)
+
+        def on_run(found: runs.Run) -> None:
+            progress.update(task, completed=picked.index(found),
+                            description=f"embed {escape(found.name)}")
+
+        summaries = embed_runs(picked, method or ["pca"], torch_device,
+                               data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
+                               data_progress=data_progress)
+        progress.update(task, completed=len(picked))
     if json_output:
         print_json(summaries)
     else:

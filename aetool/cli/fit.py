@@ -18,79 +18,71 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
-    at_least,
     download_progress,
     handle_errors,
-    non_negative,
-    positive,
+    one_of,
+    preset_choice,
     print_json,
     progress_bar,
     stderr,
 )
 from aetool.cli.noises import check_noise_option
+from aetool.fast import MODES
 from aetool.training import (
     DEFAULT_PRESET,
     PRESETS,
     SCHEDULES,
+    FitConfig,
     FitResult,
-    preset_config,
+    fit_run,
     resume_config,
+    run_config,
 )
 
 
-def _mode(value: str) -> str:
-    from aetool.fast import MODES
-
-    if value not in MODES:
-        raise typer.BadParameter(f"unknown mode {value!r}; choose one of: {', '.join(MODES)}")
-    return value
-
-
-def _preset(value: str) -> str:
-    if value not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {value!r}; choose one of: {', '.join(PRESETS)}")
+def _schedule(value: str | None) -> str | None:
+    if value is not None and value not in SCHEDULES:
+        raise typer.BadParameter(f"must be {' or '.join(SCHEDULES)}")
     return value
 
 
 @app.command()
 @handle_errors
 def fit(
-    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
+    ed: Annotated[int, typer.Option(help="Encoding dimension.")] = 4,
     preset: Annotated[
         str,
         typer.Option(help=f"Starting settings: {', '.join(PRESETS)}. best: aetool's recipe; "
-                     "report: the seed report's exact training.", callback=_preset),
+                     "report: the seed report's exact training.", callback=preset_choice),
     ] = DEFAULT_PRESET,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.", callback=positive)] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="Adam weight decay.", callback=non_negative)
+        float | None, typer.Option(help="Adam weight decay.")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Batch size.", callback=at_least(1))
+        int | None, typer.Option(help="Batch size.")
     ] = None,
     max_epochs: Annotated[
-        int | None, typer.Option(help="Most epochs to train.", callback=at_least(1))
+        int | None, typer.Option(help="Most epochs to train.")
     ] = None,
     patience: Annotated[
         int | None,
-        typer.Option(help="Early-stopping window in epochs (0: off).", callback=non_negative),
+        typer.Option(help="Early-stopping window in epochs (0: off)."),
     ] = None,
     tolerance: Annotated[
         float | None,
-        typer.Option(help="Stop once val loss moved less than this over the window.",
-                     callback=non_negative),
+        typer.Option(help="Stop once val loss moved less than this over the window."),
     ] = None,
     schedule: Annotated[
         str | None, typer.Option(help="Learning-rate schedule: constant or cosine (to 0 at "
-                                 "--max-epochs).")
+                                 "--max-epochs).", callback=_schedule)
     ] = None,
     warmup_epochs: Annotated[
         int | None,
-        typer.Option(help="Linear learning-rate warm-up over the first N epochs.",
-                     callback=non_negative),
+        typer.Option(help="Linear learning-rate warm-up over the first N epochs."),
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.", callback=at_least(1))
+        int, typer.Option(help="Training images held out for validation.")
     ] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
     noise: Annotated[
@@ -116,7 +108,8 @@ def fit(
     mode: Annotated[
         str,
         typer.Option(help="How epochs run: auto (tuned; eager on MPS), graph (whole step in a "
-                     "CUDA graph), compile, tuned, or eager (plain PyTorch).", callback=_mode),
+                     "CUDA graph), compile, tuned, or eager (plain PyTorch).",
+                     callback=one_of(MODES, "mode")),
     ] = "auto",
     no_compile: Annotated[
         bool, typer.Option("--no-compile", help="Plain eager PyTorch (same as --mode eager), "
@@ -131,27 +124,21 @@ def fit(
     """Train an autoencoder; keep its best checkpoint, history and settings."""
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise typer.BadParameter(f"must be {' or '.join(SCHEDULES)}", param_hint="--schedule")
-    root = runs.workspace_root(runs_root)
-    run_dir = runs.run_path(root, name if name is not None else f"ed{ed}")
-    if from_search:
-        from aetool.search import best_setting
-
-        best = best_setting(root, ed)
-        lr = lr if lr is not None else best["lr"]
-        weight_decay = weight_decay if weight_decay is not None else best["weight_decay"]
+    workspace = runs.Workspace(runs_root)
+    run_dir = workspace.run_dir(name if name is not None else f"ed{ed}")
     if resume:
         config = resume_config(run_dir, max_epochs=max_epochs, device=device)
     else:
-        config = preset_config(
-            preset, ed=ed, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-            max_epochs=max_epochs, patience=patience, tolerance=tolerance, schedule=schedule,
+        config = run_config(
+            preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
+            weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
+            patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
             val_size=val_size,
         )
-    result = train_with_progress(config, run_dir, data_dir=data_dir, resume=resume,
-                                 replace=force, mode="eager" if no_compile else mode)
+    existing = "resume" if resume else "replace" if force else "refuse"
+    result = train_with_progress(config, workspace.root, run_dir.name, existing,
+                                 data_dir=data_dir, mode="eager" if no_compile else mode)
     if json_output:
         print_json(summary(result))
     else:
@@ -159,13 +146,10 @@ def fit(
         stderr.print(f"Run saved in [bold]{escape(str(run_dir))}[/]")
 
 
-def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, resume: bool = False,
-                        label: str | None = None, mode: str = "auto",
-                        replace: bool = False) -> FitResult:
-    """`training.fit` with a rich progress bar on stderr (epochs, losses, time left). The bar
-    appears with the first finished epoch, so an error found before it is the first line."""
-    from aetool.training import fit as fit_model
-
+def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing: str, *,
+                        data_dir: Path | None = None, mode: str = "auto") -> FitResult:
+    """`training.fit_run` with a rich progress bar on stderr (epochs, losses, time left). The
+    bar appears with the first finished epoch, so an error found before it is the first line."""
     progress = progress_bar(TextColumn("{task.fields[losses]}"))
     task = None
 
@@ -173,7 +157,7 @@ def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, res
         nonlocal task
         if task is None:
             progress.start()
-            task = progress.add_task(escape(label or f"fit ED={config.ed}"),
+            task = progress.add_task(f"fit ED={config.ed}",
                                      total=config.max_epochs, losses="")
         progress.update(
             task, completed=record.epoch,
@@ -182,8 +166,8 @@ def train_with_progress(config, run_dir: Path, data_dir: Path | None = None, res
 
     try:
         with download_progress() as data_progress:
-            result = fit_model(config, run_dir, data_dir=data_dir, resume=resume, replace=replace,
-                               on_epoch=on_epoch, data_progress=data_progress, mode=mode)
+            result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
+                             on_epoch=on_epoch, data_progress=data_progress, mode=mode)
         if task is not None:
             progress.update(task, total=len(result.history), completed=len(result.history))
     finally:

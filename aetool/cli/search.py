@@ -18,15 +18,13 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
-    at_least,
     download_progress,
     handle_errors,
-    non_negative,
-    positive,
     print_json,
     progress_bar,
     stderr,
 )
+from aetool.devices import resolve_device
 from aetool.search import (
     DEFAULT_EDS,
     DEFAULT_LRS,
@@ -37,17 +35,6 @@ from aetool.search import (
 )
 
 _DEFAULTS = SearchConfig()
-
-
-def _each(check: Any, message: str) -> Any:
-    def callback(values: list | None) -> list | None:
-        if values is not None:
-            bad = [v for v in values if not check(v)]
-            if bad:
-                raise typer.BadParameter(f"{message}, got {bad[0]:g}")
-        return values
-
-    return callback
 
 
 def _parallel(value: str) -> str:
@@ -66,40 +53,34 @@ def search(
     ed: Annotated[
         list[int] | None,
         typer.Option("--ed", help="Encoding dimension (repeat for several).",
-                     show_default=_show(DEFAULT_EDS), callback=_each(lambda v: v >= 1,
-                                                                     "must be at least 1")),
+                     show_default=_show(DEFAULT_EDS)),
     ] = None,
     lr: Annotated[
         list[float] | None,
         typer.Option("--lr", help="Learning rate (repeat for several).",
-                     show_default=_show(DEFAULT_LRS),
-                     callback=_each(lambda v: v > 0 and math.isfinite(v), "must be positive")),
+                     show_default=_show(DEFAULT_LRS)),
     ] = None,
     weight_decay: Annotated[
         list[float] | None,
         typer.Option("--weight-decay", help="Adam weight decay (repeat for several).",
-                     show_default=_show(DEFAULT_WEIGHT_DECAYS),
-                     callback=_each(lambda v: v >= 0 and math.isfinite(v), "must be zero or more")),
+                     show_default=_show(DEFAULT_WEIGHT_DECAYS)),
     ] = None,
     folds: Annotated[
-        int, typer.Option(help="Folds of the cross-validation.", callback=at_least(2))
+        int, typer.Option(help="Folds of the cross-validation.")
     ] = _DEFAULTS.folds,
     epochs: Annotated[
-        int, typer.Option(help="Epochs per setting and fold.", callback=at_least(1))
+        int, typer.Option(help="Epochs per setting and fold.")
     ] = _DEFAULTS.epochs,
     batch_size: Annotated[
-        int, typer.Option(help="Batch size (fit's default, so the choice suits fit).",
-                          callback=at_least(1))
+        int, typer.Option(help="Batch size (fit's default, so the choice suits fit).")
     ] = _DEFAULTS.batch_size,
     seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.")] = 0,
     max_loss: Annotated[
-        float, typer.Option(help="Drop settings whose final val loss on any fold is above.",
-                            callback=positive)
+        float, typer.Option(help="Drop settings whose final val loss on any fold is above.")
     ] = _DEFAULTS.max_loss,
     max_oscillation: Annotated[
         float, typer.Option(help="Drop settings whose val curve oscillates more than this "
-                            "(upward moves over the last half / its mean).",
-                            callback=non_negative)
+                            "(upward moves over the last half / its mean).")
     ] = _DEFAULTS.max_oscillation,
     parallel: Annotated[
         str, typer.Option(help="Models trained together on the device (auto: 1 on a CPU, as "
@@ -115,12 +96,10 @@ def search(
         str | None, typer.Option(help="Optuna study name.", show_default="derived from the grid")
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="fit's validation images, kept out of the search.",
-                          callback=at_least(1))
+        int, typer.Option(help="fit's validation images, kept out of the search.")
     ] = _DEFAULTS.val_size,
     limit: Annotated[
-        int | None, typer.Option(hidden=True, help="Use only the first N training images.",
-                                 callback=at_least(4))
+        int | None, typer.Option(hidden=True, help="Use only the first N training images.")
     ] = None,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
@@ -130,9 +109,6 @@ def search(
 ) -> None:
     """Grid-search lr and weight decay per ED with k-fold cross-validation; resumable, and
     several workers sharing --storage split the grid."""
-    if limit is not None and limit < 2 * folds:
-        raise typer.BadParameter(f"must leave two images per fold, got {limit}",
-                                 param_hint="--limit")
     config = SearchConfig(
         eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
         weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
@@ -141,6 +117,8 @@ def search(
         device=device, parallel=None if parallel == "auto" else int(parallel),
         storage=storage, study_name=study_name,
     )
+    config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
+    resolve_device(device)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,13 +15,14 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
-    at_least,
     handle_errors,
+    one_of,
+    preset_choice,
     print_json,
     progress_bar,
     stderr,
 )
-from aetool.cli.fit import _preset
+from aetool.embed import METHODS
 from aetool.study import STAGES, StudySettings, run_study
 from aetool.training import DEFAULT_PRESET
 
@@ -39,11 +40,10 @@ def study(
                      show_default="1e-3 1e-4 1e-5"),
     ] = None,
     folds: Annotated[
-        int, typer.Option(help="Cross-validation folds of the search.", callback=at_least(2))
+        int, typer.Option(help="Cross-validation folds of the search.")
     ] = 3,
     search_epochs: Annotated[
-        int, typer.Option(help="Epochs per (setting, fold) in the search.",
-                          callback=at_least(1))
+        int, typer.Option(help="Epochs per (setting, fold) in the search.")
     ] = 20,
     max_loss: Annotated[
         float, typer.Option(help="Search: drop settings whose final validation loss on any fold "
@@ -54,10 +54,10 @@ def study(
     ] = False,
     preset: Annotated[
         str, typer.Option(help="fit's starting settings (report: the seed report's exact "
-                          "training).", callback=_preset)
+                          "training).", callback=preset_choice)
     ] = DEFAULT_PRESET,
     max_epochs: Annotated[
-        int | None, typer.Option(help="Cap on fit's epochs.", callback=at_least(1))
+        int | None, typer.Option(help="Cap on fit's epochs.")
     ] = None,
     noise: Annotated[
         list[str] | None,
@@ -65,13 +65,13 @@ def study(
                      show_default="the report's Table 1"),
     ] = None,
     method: Annotated[
-        list[str] | None, typer.Option("--method", help="Projections for embed: pca, tsne.",
-                                       show_default="pca")
+        list[str] | None, typer.Option("--method", help=f"Projections for embed: "
+                                       f"{', '.join(METHODS)}.", show_default="pca",
+                                       callback=one_of(METHODS, "method"))
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.")] = 0,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.",
-                          callback=at_least(1))
+        int, typer.Option(help="Training images held out for validation.")
     ] = 10_000,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",

@@ -1,0 +1,145 @@
+"""The code's shape (issue: one owner per concept): no import cycles, library errors that name
+settings rather than options, every stage's options checked before a study starts, and
+`study` corrupting and embedding each run with the data set it was trained on."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_fake_mnist
+from typer.testing import CliRunner
+
+from aetool import runs
+from aetool.cli import app
+from aetool.errors import SettingError
+from aetool.search import SearchConfig
+from aetool.settings import FitConfig, preset_config
+from aetool.study import StudySettings, run_study
+from aetool.training import fit_run
+
+PACKAGE = Path(__file__).resolve().parents[1] / "aetool"
+runner = CliRunner()
+
+
+def plain(result) -> str:
+    """A command's output with Rich's panel borders and line wrapping undone."""
+    return " ".join("".join(" " if c in "│╭╮╰╯─" else c for c in result.output).split())
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the aetool modules it imports anywhere (top level, in functions, or under
+    TYPE_CHECKING)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = import_graph()
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            seen.add(nxt)
+            if nxt == goal or reaches(nxt, goal, seen):
+                return True
+        return False
+
+    cycles = sorted(m for m in graph if reaches(m, m, set()))
+    assert cycles == []
+
+
+def test_the_cycle_check_sees_a_lazy_import(tmp_path, monkeypatch):
+    """The check above must catch an import inside a function (as fast -> training was)."""
+    fake = tmp_path / "aetool"
+    fake.mkdir()
+    (fake / "a.py").write_text("def f():\n    from aetool.b import x\n")
+    (fake / "b.py").write_text("from aetool import a\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    with pytest.raises(AssertionError):
+        test_no_module_imports_one_that_imports_it_back()
+
+
+def test_library_errors_name_settings_not_options():
+    with pytest.raises(SettingError, match="^lr must be positive") as caught:
+        preset_config(lr=-1)
+    assert caught.value.field == "lr"
+    with pytest.raises(SettingError) as caught:
+        FitConfig.from_dict({"ed": 4, "batch_size": 0})
+    assert caught.value.field == "batch_size" and "--" not in str(caught.value)
+    with pytest.raises(SettingError) as caught:
+        SearchConfig(folds=1).validate()
+    assert caught.value.field == "folds" and "--" not in str(caught.value)
+    for settings, field in ((StudySettings(methods=["nope"]), "methods"),
+                            (StudySettings(dataset="nope"), "dataset"),
+                            (StudySettings(noises=["nope"]), "noises"),
+                            (StudySettings(device="tpu"), "device"),
+                            (StudySettings(eds=[]), "eds")):
+        with pytest.raises(SettingError) as caught:
+            settings.validate()
+        assert caught.value.field == field and "--" not in str(caught.value)
+
+
+def test_run_study_checks_every_stage_before_the_first(tmp_path):
+    with pytest.raises(SettingError, match="nope"):
+        run_study(StudySettings(eds=[2], methods=["nope"]), tmp_path / "ws")
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("args, option", [
+    (["fit", "--dataset", "nope"], "--dataset"),
+    (["study", "--dataset", "nope"], "--dataset"),
+    (["study", "--ed", "4", "--method", "nope"], "--method"),
+    (["study", "--ed", "4", "--noise", "nope"], "--noise"),
+    (["study", "--ed", "4", "--device", "tpu"], "--device"),
+    (["study", "--ed", "4", "--folds", "1"], "--folds"),
+    (["search", "--ed", "4", "--folds", "1"], "--folds"),
+    (["search", "--lr", "-1"], "--lr"),
+    (["embed", "--method", "nope"], "--method"),
+])
+def test_bad_options_of_any_stage_exit_2_naming_the_option(args, option, tmp_path):
+    workspace = tmp_path / "ws"
+    result = runner.invoke(app, [*args, "--runs", str(workspace)])
+    assert result.exit_code == 2, result.output
+    assert f"'{option}'" in plain(result)
+    assert not workspace.exists()
+
+
+def test_study_corrupts_and_embeds_each_run_with_its_own_data_set(tmp_path):
+    data = write_fake_mnist(tmp_path / "data")
+    write_fake_mnist(data, n_train=600, n_test=150, folder="FashionMNIST")
+    root = tmp_path / "ws"
+    common = dict(max_epochs=1, batch_size=100, val_size=100, device="cpu")
+    fit_run(preset_config(ed=2, **common), root, data_dir=data)
+    fit_run(preset_config(ed=3, dataset="fashion-mnist", **common), root, data_dir=data)
+
+    run_study(StudySettings(eds=[2, 3], skip_search=True, noises=["original"], device="cpu",
+                            val_size=100, max_epochs=1), root, data_dir=data)
+    for name, dataset, images in (("ed2", "mnist", 200), ("ed3", "fashion-mnist", 150)):
+        table = json.loads((root / name / runs.NOISE_TABLE).read_text())
+        assert table["test_images"] == images, name
+        embedding = json.loads((root / name / runs.EMBEDDING_JSON).read_text())
+        assert embedding["dataset"] == dataset and embedding["images"] == images, name
+
+
+def test_the_workspace_names_every_file(tmp_path):
+    workspace = runs.Workspace(tmp_path)
+    assert workspace.run_dir("ed4") == tmp_path / "ed4"
+    assert workspace.search_results.relative_to(tmp_path) == Path("search/results.json")
+    assert workspace.report.name == "report.html" and workspace.study.name == "study.json"
+    with pytest.raises(SettingError):
+        workspace.run_dir("../ed4")
