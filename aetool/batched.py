@@ -235,9 +235,7 @@ def train_batched(
     )
     shuffles = [torch.Generator().manual_seed(c.seed) for c in configs]
     train_index = [job.train_index.cpu() for job in jobs]
-    sizes = torch.tensor([idx.numel() for idx in train_index])
     batch_size = configs[0].batch_size
-    steps = math.ceil(int(sizes.max()) / batch_size)
     val_index, val_weight = _padded([job.val_index.cpu() for job in jobs],
                                     max(job.val_index.numel() for job in jobs))
     val_sizes = val_weight.sum(1).double()  # on the CPU
@@ -246,22 +244,8 @@ def train_batched(
     tic = time.perf_counter()
     for epoch in range(epochs):
         optimizer.set_lr([learning_rate(c, epoch) for c in configs])
-        orders = [idx[torch.randperm(idx.numel(), generator=g)]
-                  for idx, g in zip(train_index, shuffles, strict=True)]
-        order, weight = _padded(orders, steps * batch_size)
-        order, weight = order.to(device, non_blocking=True), weight.to(device, non_blocking=True)
-        total = torch.zeros(len(jobs), device=device)
-        for step in range(steps):
-            window = slice(step * batch_size, (step + 1) * batch_size)
-            clean = to_float(images[order[:, window]])
-            batch_weight = weight[:, window]
-            losses = losses_of_models(params, buffers, clean, batch_weight)
-            optimizer.zero_grad()
-            losses.sum().backward()
-            remaining = sizes - step * batch_size
-            optimizer.step(None if bool((remaining >= batch_size).all()) else remaining > 0)
-            total += losses.detach() * batch_weight.sum(1)
-        train_losses = (total / sizes.to(device)).tolist()
+        train_losses = _batched_epoch(losses_of_models, optimizer, params, buffers, images,
+                                      train_index, shuffles, batch_size)
         val_losses = _evaluate_batched(
             reconstructions, params, buffers, images, val_index, val_weight, val_sizes
         )
@@ -274,6 +258,33 @@ def train_batched(
     for curves in results:
         curves.seconds = seconds / len(jobs)
     return results
+
+
+def _batched_epoch(losses_of_models: Callable, optimizer: BatchedAdam,
+                   params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                   images: torch.Tensor, train_index: list[torch.Tensor],
+                   shuffles: list[torch.Generator], batch_size: int) -> list[float]:
+    """One epoch of every model at once, each in its own seeded order (shorter training sets
+    padded with zero-weight images); returns each model's mean training loss."""
+    device = images.device
+    sizes = torch.tensor([idx.numel() for idx in train_index])
+    steps = math.ceil(int(sizes.max()) / batch_size)
+    orders = [idx[torch.randperm(idx.numel(), generator=g)]
+              for idx, g in zip(train_index, shuffles, strict=True)]
+    order, weight = _padded(orders, steps * batch_size)
+    order, weight = order.to(device, non_blocking=True), weight.to(device, non_blocking=True)
+    total = torch.zeros(len(train_index), device=device)
+    for step in range(steps):
+        window = slice(step * batch_size, (step + 1) * batch_size)
+        clean = to_float(images[order[:, window]])
+        batch_weight = weight[:, window]
+        losses = losses_of_models(params, buffers, clean, batch_weight)
+        optimizer.zero_grad()
+        losses.sum().backward()
+        remaining = sizes - step * batch_size
+        optimizer.step(None if bool((remaining >= batch_size).all()) else remaining > 0)
+        total += losses.detach() * batch_weight.sum(1)
+    return (total / sizes.to(device)).tolist()
 
 
 @torch.no_grad()

@@ -30,3 +30,10 @@ class DataSettingError(SettingError, DataError):
 
 class RunError(AetoolError):
     """A run folder is missing, incomplete, unreadable or in use."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): enough
+    to say what went wrong in one sentence, without a library's paragraph of advice."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, first_line
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -84,8 +84,5 @@ def load_torch(path: Path | str, error: type[AetoolError] = AetoolError) -> Any:
             "Python objects), and aetool will not unpickle it."
         ) from None
     except Exception as exc:  # corrupt zip, truncated file, not a checkpoint at all...
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise error(
-            f"{path} cannot be read safely: it is truncated or not a PyTorch checkpoint ({first})."
-        ) from None
+        raise error(f"{path} cannot be read safely: it is truncated or not a PyTorch checkpoint "
+                    f"({first_line(exc)}).") from None

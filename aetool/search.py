@@ -50,7 +50,6 @@ from aetool.devices import device_description, resolve_device
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.search_study import (
     SEARCH_DIR,
-    STUDY_LOG,
     GridPoint,
     GridStudy,
     hide_password,
@@ -333,72 +332,74 @@ def run_search(
 
     `on_train` (a `TrainHook`) is called with every group of models this worker is about to
     train, after its claims on their grid points held."""
-    from optuna.trial import TrialState
-
     config.validate()
-    root = Path(runs_root) if runs_root is not None else runs.default_runs_root()
+    workspace = runs.Workspace(runs_root)
     device = resolve_device(config.device)
     images, checksum = search_images(config, data_dir, device, data_progress)
     folds = fold_indices(images.shape[0], config.folds, config.seed)
     protocol = {**config.protocol(), "train_images": int(images.shape[0]),
                 "dataset_sha256": checksum}
-    storage = open_storage(config.storage, root)
-    study = GridStudy(config, storage, protocol)
-    parallel = config.parallel or auto_parallel(device, config.batch_size)
-    grid = config.grid()
-    total = len(grid) * config.folds
-    units_done = 0.0
-
-    def report(done: set[GridPoint], status: str) -> None:
-        nonlocal units_done
-        units_done = len(done) * config.folds
-        if on_progress is not None:
-            on_progress(units_done, total, status)
-
+    study = GridStudy(config, open_storage(config.storage, workspace.root), protocol)
     tic = time.perf_counter()
     with study.heartbeat():
         try:
-            while True:
-                pending, done, elsewhere = study.status()
-                if not pending:
-                    if not elsewhere:
-                        report(done, "done")
-                        break
-                    report(done, f"waiting for {len(elsewhere)} settings other workers train")
-                    time.sleep(config.poll_interval)
-                    continue
-                ed = pending[0].ed
-                chosen = [p for p in pending if p.ed == ed][: max(1, parallel // config.folds)]
-                claimed = study.claim(chosen)
-                if not claimed:
-                    continue
-                status = f"ED {ed}: {len(claimed)} settings x {config.folds} folds"
-                report(done, status)
-                jobs = [TrainJob(config.fit_config(point, str(device)), tr, va)
-                        for _, point in claimed for tr, va in folds]
-
-                def advance(model_epochs: int, status: str = status) -> None:
-                    nonlocal units_done
-                    units_done += model_epochs / config.epochs
-                    if on_progress is not None:
-                        on_progress(min(units_done, total), total, status)
-
-                curves, parallel = _train_units(jobs, images, config.epochs, parallel, advance,
-                                                on_train)
-                for i, (trial_id, _) in enumerate(claimed):
-                    fold_curves = curves[i * config.folds : (i + 1) * config.folds]
-                    study.finish(trial_id, TrialState.COMPLETE, *_trial_result(fold_curves, device))
+            _work_through(config, study, images, folds, device, on_progress, on_train)
         except BaseException:
             study.fail_in_flight("stopped: the worker was interrupted or failed")
             raise
     results = build_results(config, study, protocol)
-    results["study"]["storage"] = hide_password(config.storage) or str(
-        root / SEARCH_DIR / STUDY_LOG)
+    results["study"]["storage"] = hide_password(config.storage) or str(workspace.search_log)
     results["study"]["seconds"] = time.perf_counter() - tic
     # Workers finishing together take turns: the lock is held only for the write.
-    with runs.RunLock(root, SEARCH_DIR, "The search results", wait=120):
-        runs.save_json(root / SEARCH_DIR / RESULTS, results)
+    with workspace.lock(SEARCH_DIR, "The search results", wait=120):
+        runs.save_json(workspace.search_results, results)
     return results
+
+
+def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
+                  folds: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                  on_progress: SearchProgressFn | None, on_train: TrainHook | None) -> None:
+    """Claim and train pending grid points, a group at a time, until none is left; then wait
+    for the points other workers are training."""
+    from optuna.trial import TrialState
+
+    parallel = config.parallel or auto_parallel(device, config.batch_size)
+    total = len(config.grid()) * config.folds
+    units = 0.0
+
+    def report(value: float, status: str) -> None:
+        nonlocal units
+        units = value
+        if on_progress is not None:
+            on_progress(min(units, total), total, status)
+
+    while True:
+        pending, done, elsewhere = study.status()
+        if not pending:
+            if not elsewhere:
+                report(len(done) * config.folds, "done")
+                return
+            report(len(done) * config.folds,
+                   f"waiting for {len(elsewhere)} settings other workers train")
+            time.sleep(config.poll_interval)
+            continue
+        ed = pending[0].ed
+        chosen = [p for p in pending if p.ed == ed][: max(1, parallel // config.folds)]
+        claimed = study.claim(chosen)
+        if not claimed:
+            continue
+        status = f"ED {ed}: {len(claimed)} settings x {config.folds} folds"
+        report(len(done) * config.folds, status)
+        jobs = [TrainJob(config.fit_config(point, str(device)), tr, va)
+                for _, point in claimed for tr, va in folds]
+        curves, parallel = _train_units(
+            jobs, images, config.epochs, parallel,
+            lambda model_epochs, status=status: report(units + model_epochs / config.epochs,
+                                                       status),
+            on_train)
+        for i, (trial_id, _) in enumerate(claimed):
+            fold_curves = curves[i * config.folds : (i + 1) * config.folds]
+            study.finish(trial_id, TrialState.COMPLETE, *_trial_result(fold_curves, device))
 
 
 def _trial_result(fold_curves: list[Curves], device: torch.device
@@ -457,8 +458,7 @@ def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, An
 
 
 def results_path(runs_root: Path | str | None = None) -> Path:
-    root = Path(runs_root) if runs_root is not None else runs.default_runs_root()
-    return root / SEARCH_DIR / RESULTS
+    return runs.Workspace(runs_root).search_results
 
 
 def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:

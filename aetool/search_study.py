@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aetool import runs
-from aetool.errors import AetoolError, RunError
+from aetool.errors import AetoolError, RunError, first_line
 
 SEARCH_DIR = runs.SEARCH_DIR  # file names are the workspace's (aetool.runs)
 STUDY_LOG = runs.SEARCH_LOG
@@ -68,8 +68,8 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
     except ImportError as exc:
         raise AetoolError(f"The storage {hide_password(url)} needs a package: {exc}.") from None
     except Exception as exc:  # sqlalchemy and drivers raise many types for a bad URL or server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AetoolError(f"Cannot open the storage {hide_password(url)}: {first}") from None
+        raise AetoolError(f"Cannot open the storage {hide_password(url)}: "
+                          f"{first_line(exc)}") from None
 
 
 def hide_password(url: str | None) -> str | None:
@@ -138,6 +138,7 @@ class GridStudy:
         self.search_space = space
         self.host = host_identity()
         self.in_flight: dict[int, GridPoint] = {}
+        self.numbers: dict[int, int] = {}  # trial id -> trial number, for the trials made here
         self._lock = threading.Lock()
 
     @staticmethod
@@ -172,7 +173,7 @@ class GridStudy:
         worker = trial.system_attrs.get(WORKER_ATTR) or {}
         if worker.get("host") == self.host:
             if worker.get("pid") == os.getpid():
-                return trial._trial_id in self.in_flight
+                return any(self.numbers.get(i) == trial.number for i in self.in_flight)
             if isinstance(worker.get("pid"), int) and not _pid_alive(worker["pid"]):
                 return False
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
@@ -201,10 +202,12 @@ class GridStudy:
         for trial in trials:
             if trial.state == TrialState.RUNNING and not self.alive(trial):
                 try:
+                    trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+                        self.study_id, trial.number)
                     self.storage.set_trial_system_attr(
-                        trial._trial_id, "aetool:failed", "orphaned: its worker stopped"
+                        trial_id, "aetool:failed", "orphaned: its worker stopped"
                     )
-                    self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                    self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
                     failed += 1
                 except (UpdateFinishedTrialError, RuntimeError, KeyError):
                     pass  # another worker got there first, or it just finished
@@ -243,17 +246,18 @@ class GridStudy:
             )
             trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
             with self._lock:
+                self.numbers[trial_id] = self.storage.get_trial_number_from_id(trial_id)
                 self.in_flight[trial_id] = point
             mine.append(trial_id)
         trials = self.trials()
-        by_id = {t._trial_id: t for t in trials}
+        by_number = {t.number: t for t in trials}
         kept = []
         for trial_id in mine:
-            trial = by_id[trial_id]
+            trial = by_number[self.numbers[trial_id]]
             point = self.in_flight[trial_id]
             earlier = [
                 t for t in trials
-                if t._trial_id != trial_id and self.point_of(t) == point
+                if t.number != trial.number and self.point_of(t) == point
                 and (t.state == TrialState.COMPLETE
                      or (t.state == TrialState.RUNNING and t.number < trial.number
                          and self.alive(t)))

@@ -22,7 +22,6 @@ where it stopped. Meant for a GPU: the full recipe is hundreds of epochs per ED.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from aetool import runs, training
 from aetool.devices import resolve_device
 from aetool.errors import AetoolError
+from aetool.settings import settings_differ
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
@@ -53,20 +53,15 @@ def train_one(
 ) -> dict:
     """Fit (or reuse, or resume) the run for `ed` and return its row of the table."""
     config = training.preset_config(preset, ed=ed, **overrides)
-    run_dir = workspace / f"accuracy-{preset}-ed{ed}"
-    if (run_dir / runs.METRICS).exists():
-        metrics = runs.load_json(run_dir / runs.METRICS)
-        saved = training.FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
-        saved_values = asdict(saved)
-        differ = [k for k, v in asdict(config).items() if k != "device" and saved_values[k] != v]
+    name = f"accuracy-{preset}-ed{ed}"
+    run_dir = workspace / name
+    if (run_dir / runs.METRICS).exists():  # reused only when trained the same way
+        differ = settings_differ(runs.open_run(run_dir).settings, config, ignore=("device",))
         if differ:
             raise AetoolError(
                 f"{run_dir} holds a finished run with other settings ({', '.join(differ)}); "
                 "pick another --workspace or the same settings."
             )
-        print(f"ED {ed}: reusing the finished run {run_dir}", file=sys.stderr)
-        return row(ed, saved, metrics, run_dir)
-    resume = (run_dir / runs.STATE).exists()
 
     def progress(record: training.EpochRecord, cfg: training.FitConfig) -> None:
         if record.epoch % every == 0 or record.epoch == cfg.max_epochs:
@@ -76,12 +71,13 @@ def train_one(
                 file=sys.stderr, flush=True,
             )
 
-    kwargs = {}
-    if mode is not None and "mode" in inspect.signature(training.fit).parameters:
-        kwargs["mode"] = mode
-    print(f"ED {ed}: {'resuming' if resume else 'training'} {run_dir}", file=sys.stderr)
-    result = training.fit(config, run_dir, resume=resume, on_epoch=progress, **kwargs)
-    return row(ed, config, result.metrics, run_dir)
+    kwargs = {"mode": mode} if mode is not None else {}
+    state = ("reusing the finished run" if (run_dir / runs.METRICS).exists() else
+             "resuming" if (run_dir / runs.STATE).exists() else "training")
+    print(f"ED {ed}: {state} {run_dir}", file=sys.stderr)
+    result = training.fit_run(config, workspace, name, existing="continue", on_epoch=progress,
+                              **kwargs)
+    return row(ed, result.config, result.metrics, run_dir)
 
 
 def row(ed: int, config: training.FitConfig, metrics: dict, run_dir: Path) -> dict:

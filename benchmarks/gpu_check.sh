@@ -46,14 +46,16 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its JSON and log, go on what
     tail -n 25 "$out/$name.log"
 }
 
-# At most 8 files come back from a device call: gpu.txt, tests.log and 3 x (json, log).
+# At most 8 files come back from a device call: gpu.txt, tests.log and 3 x (json, log). The
+# benchmarks' own result files (--results "") are left out to stay within that limit (the
+# device's copy of benchmarks/results/ does not come back): each step's JSON output is kept.
 echo "== tests"
 timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_fast.py tests/test_batched.py \
     > "$out/tests.log" 2>&1
 echo "== tests: exit $?"
 tail -n 15 "$out/tests.log"
 step speed 150 "$py" benchmarks/speed.py --device "$device" --modes "$modes" --epochs 5 --fit \
-    --json
-step search_speed 90 "$py" benchmarks/search_speed.py --device "$device" --json
+    --json --results ""
+step search_speed 90 "$py" benchmarks/search_speed.py --device "$device" --json --results ""
 step accuracy 150 "$py" benchmarks/accuracy.py --device "$device" --eds 4 --max-epochs 100 \
-    --mode "$mode" --json
+    --mode "$mode" --json --results ""

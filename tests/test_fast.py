@@ -481,7 +481,7 @@ def emulated_graphs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", EmulatedGraph)
     monkeypatch.setattr(torch.cuda, "graph", capture)
     monkeypatch.setattr(fast.GraphEpoch, "_captured_step", recording_step)
-    monkeypatch.setattr(fast, "configure_optimizer", cpu_optimizer)
+    monkeypatch.setattr(fast.graph, "configure_optimizer", cpu_optimizer)  # where graph looks
     yield captured
 
 
