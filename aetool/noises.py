@@ -13,79 +13,21 @@ alternatives separated by `|` to sweep, so `gaussian:sigma=0.1|0.3` is two confi
 from __future__ import annotations
 
 import itertools
-import math
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from aetool import plugins
 from aetool.errors import AetoolError
+from aetool.params import PARAM_TYPES, Param, format_value, split_spec  # noqa: F401 (API)
+
+NoiseParam = Param  # a noise's parameter: the typed parameter every plugin kind uses
 
 ORIGINAL_NAME = "original"
 # The report's Table 1: no noise, five Gaussian sigmas, occlusion, uniform.
 DEFAULT_NOISE_SPECS = ("original", "gaussian:sigma=0.1|0.3|0.5|1|2", "occlusion", "uniform")
-PARAM_TYPES = (float, int, bool, str)
-_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-@dataclass(frozen=True)
-class NoiseParam:
-    """One typed parameter of a noise, with its default and a one-line description."""
-
-    name: str
-    type: type  # float, int, bool or str
-    default: Any
-    help: str = ""
-    choices: tuple[str, ...] | None = None  # allowed values of a str parameter
-    minimum: float | None = None  # inclusive bounds of a number
-    maximum: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in PARAM_TYPES:
-            raise TypeError(f"NoiseParam {self.name!r}: type must be float, int, bool or str.")
-
-    def parse(self, text: str) -> Any:
-        """A command-line value (text) turned into this parameter's type, or an AetoolError."""
-        text = text.strip()
-        try:
-            if self.type is bool:
-                if text.lower() not in _TRUE + _FALSE:
-                    raise ValueError
-                value: Any = text.lower() in _TRUE
-            else:
-                value = self.type(text)
-        except ValueError:
-            raise AetoolError(
-                f"{self.name} must be {_type_name(self.type)}, got {text!r}."
-            ) from None
-        return self.check(value)
-
-    def check(self, value: Any) -> Any:
-        """`value` if it is allowed (ints are accepted for floats), else an AetoolError."""
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise AetoolError(f"{self.name} must be {_type_name(self.type)}, got {value!r}.")
-        if self.type is float and not math.isfinite(value):
-            raise AetoolError(f"{self.name} must be a finite number, got {value!r}.")
-        if self.choices is not None and value not in self.choices:
-            raise AetoolError(f"{self.name} must be one of {', '.join(self.choices)}; "
-                              f"got {value!r}.")
-        if self.minimum is not None and value < self.minimum:
-            raise AetoolError(f"{self.name} must be at least {self.minimum:g}, got {value!r}.")
-        if self.maximum is not None and value > self.maximum:
-            raise AetoolError(f"{self.name} must be at most {self.maximum:g}, got {value!r}.")
-        return value
-
-    def describe(self) -> str:
-        """`sigma: float = 0.5`, with the choices of a str parameter."""
-        kind = "|".join(self.choices) if self.choices else self.type.__name__
-        return f"{self.name}: {kind} = {_format_value(self.default)}"
 
 
 @dataclass(frozen=True)
@@ -154,7 +96,7 @@ class ConfiguredNoise:
         changed = {k: v for k, v in self.params.items() if self.noise.defaults().get(k) != v}
         if not changed:
             return self.name
-        return f"{self.name}({','.join(f'{k}={_format_value(v)}' for k, v in changed.items())})"
+        return f"{self.name}({','.join(f'{k}={format_value(v)}' for k, v in changed.items())})"
 
     @property
     def spec(self) -> str:
@@ -162,7 +104,7 @@ class ConfiguredNoise:
         if not self.params:
             return self.name
         return f"{self.name}:" + ",".join(
-            f"{k}={_format_value(v, exact=True)}" for k, v in self.params.items()
+            f"{k}={format_value(v, exact=True)}" for k, v in self.params.items()
         )
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -210,9 +152,6 @@ def randint_for(
 
 # --------------------------------------------------------------------------- the registry
 
-_cache: tuple[tuple, dict[str, Noise]] | None = None
-
-
 def registered_noises() -> dict[str, Noise]:
     """Every noise the plugins register, by name, each with `.plugin` set to its plugin.
 
@@ -220,48 +159,7 @@ def registered_noises() -> dict[str, Noise]:
     it, and a later one gets a `PluginWarning` naming both. A plugin whose hook raises or
     registers something that is not a `Noise` gets a warning; the others keep working.
     """
-    global _cache
-    plugins.load_plugins()
-    key = tuple(plugins.pm.list_name_plugin())  # holds the plugins: ids cannot be reused
-    if _cache is not None and _same_plugins(_cache[0], key):
-        return dict(_cache[1])
-    found: dict[str, Noise] = {}
-    for impl in plugins.hook_implementations("register_noises"):
-        plugin_name = impl.plugin_name
-
-        def register(noise: Noise, plugin_name: str = plugin_name) -> None:
-            _add(found, noise, plugin_name)
-
-        try:
-            impl.function(**({"register": register} if "register" in impl.argnames else {}))
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
-            plugins.warn(f"aetool plugin {plugin_name} failed in register_noises and is "
-                         f"skipped: {type(exc).__name__}: {exc}")
-    _cache = (key, found)
-    return dict(found)
-
-
-def _same_plugins(old: tuple, new: tuple) -> bool:
-    return len(old) == len(new) and all(
-        a_name == b_name and a is b for (a_name, a), (b_name, b) in zip(old, new, strict=True)
-    )
-
-
-def _add(found: dict[str, Noise], noise: Any, plugin_name: str) -> None:
-    if not isinstance(noise, Noise):
-        plugins.warn(f"aetool plugin {plugin_name} registered {noise!r}, which is not an "
-                     "aetool.noises.Noise; it is ignored.")
-        return
-    if not _NAME_PATTERN.match(noise.name) or noise.name == ORIGINAL_NAME:
-        plugins.warn(f"aetool plugin {plugin_name} registered a noise named {noise.name!r}, "
-                     "which is reserved or not a valid name (letters, digits, _ . -); "
-                     "it is ignored.")
-        return
-    if noise.name in found:
-        plugins.warn(f"Noise {noise.name!r} from aetool plugin {plugin_name} is ignored: "
-                     f"plugin {found[noise.name].plugin} already registered it.")
-        return
-    found[noise.name] = replace(noise, plugin=plugin_name)
+    return plugins.collect("register_noises", Noise, "noise", reserved=(ORIGINAL_NAME,))
 
 
 def get_noise(name: str) -> Noise:
@@ -281,22 +179,11 @@ def get_noise(name: str) -> Noise:
 
 def parse_noise_spec(spec: str) -> list[ConfiguredNoise]:
     """`NAME` or `NAME:param=value,...` (a value may be `a|b|c`) -> one noise per combination."""
-    text = spec.strip()
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    if not name:
-        raise AetoolError(f"Empty noise name in {spec!r}; write NAME or NAME:param=value,....")
+    name, pairs = split_spec(spec, "noise")
     noise = get_noise(name)
     alternatives: dict[str, list[Any]] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, equals, value = item.partition("=")
-        key = key.strip()
-        if not equals or not key or not value.strip():
-            raise AetoolError(f"Cannot read {item!r} in noise {spec!r}; write param=value "
-                              "(several values as a|b|c).")
+    for key, value in pairs:
         param = noise.param(key)
-        if key in alternatives:
-            raise AetoolError(f"Parameter {key!r} is given twice in noise {spec!r}.")
         try:
             alternatives[key] = [param.parse(v) for v in value.split("|")]
         except AetoolError as exc:
@@ -348,16 +235,3 @@ def describe_noises() -> list[dict[str, Any]]:
             ],
         })
     return rows
-
-
-def _type_name(kind: type) -> str:
-    return {float: "a number", int: "a whole number", bool: "true or false",
-            str: "text"}[kind]
-
-
-def _format_value(value: Any, exact: bool = False) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return repr(value) if exact else f"{value:g}"
-    return str(value)

@@ -9,9 +9,11 @@ others keep working.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import os
+import re
 import warnings
 from typing import Any
 
@@ -118,3 +120,62 @@ def hook_implementations(hook_name: str) -> list[Any]:
     """A hook's implementations in registration order (`tryfirst` ones first, `trylast` last)."""
     impls = getattr(pm.hook, hook_name).get_hookimpls()
     return sorted(impls, key=lambda impl: 0 if impl.tryfirst else 2 if impl.trylast else 1)
+
+
+# --------------------------------------------------------------------------- registries
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_registries: dict[str, tuple[tuple, dict[str, Any]]] = {}  # hook -> (plugins asked, found)
+
+
+def collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...] = ()
+            ) -> dict[str, Any]:
+    """Everything the plugins register through `hook_name(register)`, by name, each a `kind`
+    (a frozen dataclass with `name` and `plugin` fields) with `.plugin` set to its plugin.
+
+    Plugins are asked in the order they were registered; the first to register a name keeps
+    it, and a later one gets a `PluginWarning` naming both. A plugin whose hook raises, or that
+    registers something else or a bad name, gets a warning; the others keep working. The
+    result is cached until the set of plugins changes."""
+    load_plugins()
+    key = tuple(pm.list_name_plugin())  # holds the plugins: ids cannot be reused
+    cached = _registries.get(hook_name)
+    if cached is not None and _same_plugins(cached[0], key):
+        return dict(cached[1])
+    found: dict[str, Any] = {}
+    for impl in hook_implementations(hook_name):
+        plugin_name = impl.plugin_name
+
+        def register(item: Any, plugin_name: str = plugin_name) -> None:
+            _add(found, item, plugin_name, kind, what, reserved)
+
+        try:
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+            warn(f"aetool plugin {plugin_name} failed in {hook_name} and is skipped: "
+                 f"{type(exc).__name__}: {exc}")
+    _registries[hook_name] = (key, found)
+    return dict(found)
+
+
+def _same_plugins(old: tuple, new: tuple) -> bool:
+    return len(old) == len(new) and all(
+        a_name == b_name and a is b for (a_name, a), (b_name, b) in zip(old, new, strict=True)
+    )
+
+
+def _add(found: dict[str, Any], item: Any, plugin_name: str, kind: type, what: str,
+         reserved: tuple[str, ...]) -> None:
+    if not isinstance(item, kind):
+        warn(f"aetool plugin {plugin_name} registered {item!r}, which is not an "
+             f"{kind.__module__}.{kind.__name__}; it is ignored.")
+        return
+    if not NAME_PATTERN.match(item.name) or item.name in reserved:
+        warn(f"aetool plugin {plugin_name} registered a {what} named {item.name!r}, which is "
+             "reserved or not a valid name (letters, digits, _ . -); it is ignored.")
+        return
+    if item.name in found:
+        warn(f"{what.capitalize()} {item.name!r} from aetool plugin {plugin_name} is ignored: "
+             f"plugin {found[item.name].plugin} already registered it.")
+        return
+    found[item.name] = dataclasses.replace(item, plugin=plugin_name)
