@@ -99,6 +99,7 @@ def _environment(device: torch.device, train_mode: str) -> dict[str, Any]:
         "device": str(device),
         "device_name": device_description(device),
         "train_mode": train_mode,
+        "threads": torch.get_num_threads(),  # intra-op CPU threads (--threads)
     }
 
 

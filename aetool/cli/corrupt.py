@@ -26,8 +26,14 @@ from aetool.cli.common import (
     download_progress,
     handle_errors,
     print_json,
-    progress_bar,
     stderr,
+)
+from aetool.cli.longrun import (
+    LogEveryOption,
+    Progress,
+    QuietOption,
+    ThreadsOption,
+    use_threads,
 )
 from aetool.cli.noises import parse_noise_option
 from aetool.noises import DEFAULT_NOISE_SPECS
@@ -77,6 +83,9 @@ def corrupt(
     ] = None,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+    log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Measure MSE(reconstruction of corrupted test image, clean test image) for each noise.
@@ -92,19 +101,21 @@ def corrupt(
         raise typer.BadParameter("only goes with --checkpoint (runs save into their folders)",
                                  param_hint="'--output'")
     torch_device = resolve_device(device)
+    use_threads(threads)
     targets = []
     if checkpoint:
         targets += library.checkpoint_targets(checkpoint, torch_device, ed, output, dataset)
     if run or not checkpoint:
         found = runs.Workspace(runs_root).select(run, None if checkpoint else ed)
         targets += library.run_targets(found, torch_device, dataset)
-    with progress_bar() as progress, download_progress() as data_progress:
-        task = progress.add_task("corrupt", total=len(targets) * len(noises))
+    with Progress(quiet=quiet, interval=log_every) as progress, \
+            download_progress() as data_progress:
+        task = progress.add("corrupt", total=len(targets) * len(noises), unit="rows")
         records = library.corrupt_models(
             targets, noises, torch_device, data_dir=data_dir, seed=seed, batch_size=batch_size,
             examples=examples, data_progress=data_progress,
-            on_target=lambda t: progress.update(task, description=f"corrupt {escape(t.name)}"),
-            on_row=lambda row: progress.advance(task),
+            on_target=lambda t: task.update(description=f"corrupt {t.name}"),
+            on_row=lambda row: task.advance(),
         )
     if json_output:
         print_json({"seed": seed, "noises": [n.as_dict() for n in noises], "models": records})

@@ -22,8 +22,14 @@ from aetool.cli.common import (
     handle_errors,
     one_of,
     print_json,
-    progress_bar,
     stderr,
+)
+from aetool.cli.longrun import (
+    LogEveryOption,
+    Progress,
+    QuietOption,
+    ThreadsOption,
+    use_threads,
 )
 from aetool.devices import resolve_device
 from aetool.embed import METHODS, embed_runs
@@ -56,23 +62,27 @@ def embed(
     ] = None,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+    log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Encode the test set with trained runs; save codes, a 2-D scatter plot and separation
     scores (silhouette, k-NN accuracy) in each run folder."""
     torch_device = resolve_device(device)
+    use_threads(threads)
     picked = runs.Workspace(runs_root).select(run, ed)
-    with progress_bar() as progress, download_progress() as data_progress:
-        task = progress.add_task("embed", total=len(picked))
+    with Progress(quiet=quiet, interval=log_every) as progress, \
+            download_progress() as data_progress:
+        task = progress.add("embed", total=len(picked), unit="runs")
 
         def on_run(found: runs.Run) -> None:
-            progress.update(task, completed=picked.index(found),
-                            description=f"embed {escape(found.name)}")
+            task.update(completed=picked.index(found), description=f"embed {found.name}")
 
         summaries = embed_runs(picked, method or ["pca"], torch_device,
                                data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
                                data_progress=data_progress)
-        progress.update(task, completed=len(picked))
+        task.update(completed=len(picked))
     if json_output:
         print_json(summaries)
     else:

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import TextColumn
 from rich.table import Table
 
 from aetool import runs
@@ -23,8 +22,14 @@ from aetool.cli.common import (
     one_of,
     preset_choice,
     print_json,
-    progress_bar,
     stderr,
+)
+from aetool.cli.longrun import (
+    LogEveryOption,
+    Progress,
+    QuietOption,
+    ThreadsOption,
+    use_threads,
 )
 from aetool.cli.noises import check_noise_option
 from aetool.fast import MODES
@@ -119,9 +124,13 @@ def fit(
     dataset: DatasetOption = "mnist",
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+    log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Train an autoencoder; keep its best checkpoint, history and settings."""
+    use_threads(threads)
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     workspace = runs.Workspace(runs_root)
@@ -137,8 +146,10 @@ def fit(
             val_size=val_size,
         )
     existing = "resume" if resume else "replace" if force else "refuse"
-    result = train_with_progress(config, workspace.root, run_dir.name, existing,
-                                 data_dir=data_dir, mode="eager" if no_compile else mode)
+    with Progress(quiet=quiet, interval=log_every) as progress:
+        result = train_with_progress(config, workspace.root, run_dir.name, existing,
+                                     data_dir=data_dir, mode="eager" if no_compile else mode,
+                                     progress=progress)
     if json_output:
         print_json(summary(result))
     else:
@@ -147,32 +158,28 @@ def fit(
 
 
 def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing: str, *,
-                        data_dir: Path | None = None, mode: str = "auto") -> FitResult:
-    """`training.fit_run` with a rich progress bar on stderr (epochs, losses, time left). The
-    bar appears with the first finished epoch, so an error found before it is the first line."""
-    progress = progress_bar(TextColumn("{task.fields[losses]}"))
+                        data_dir: Path | None = None, mode: str = "auto",
+                        progress: Progress | None = None) -> FitResult:
+    """`training.fit_run` with progress on stderr (epochs, losses, time left): a bar on a
+    terminal, lines in a log. It appears with the first finished epoch, so an error found
+    before it is the first line."""
+    progress = progress or Progress()
     task = None
 
     def on_epoch(record, cfg) -> None:
         nonlocal task
         if task is None:
-            progress.start()
-            task = progress.add_task(f"fit ED={config.ed}",
-                                     total=config.max_epochs, losses="")
-        progress.update(
-            task, completed=record.epoch,
-            losses=f"train {record.train_loss:.5f} val {record.val_loss:.5f}",
-        )
+            task = progress.add(f"fit ED={cfg.ed}", total=cfg.max_epochs,
+                                completed=record.epoch - 1, unit="epoch",
+                                elapsed=record.seconds)
+        task.update(completed=record.epoch,
+                    status=f"train {record.train_loss:.5f} val {record.val_loss:.5f}")
 
-    try:
-        with download_progress() as data_progress:
-            result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
-                             on_epoch=on_epoch, data_progress=data_progress, mode=mode)
-        if task is not None:
-            progress.update(task, total=len(result.history), completed=len(result.history))
-    finally:
-        if task is not None:
-            progress.stop()
+    with download_progress() as data_progress:
+        result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
+                         on_epoch=on_epoch, data_progress=data_progress, mode=mode)
+    if task is not None:
+        task.update(total=len(result.history), completed=len(result.history))
     return result
 
 

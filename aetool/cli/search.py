@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import TextColumn
 from rich.table import Table
 
 from aetool import runs
@@ -21,8 +20,14 @@ from aetool.cli.common import (
     download_progress,
     handle_errors,
     print_json,
-    progress_bar,
     stderr,
+)
+from aetool.cli.longrun import (
+    LogEveryOption,
+    Progress,
+    QuietOption,
+    ThreadsOption,
+    use_threads,
 )
 from aetool.devices import resolve_device
 from aetool.search import (
@@ -105,6 +110,9 @@ def search(
     dataset: DatasetOption = "mnist",
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+    log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Grid-search lr and weight decay per ED with k-fold cross-validation; resumable, and
@@ -119,15 +127,16 @@ def search(
     )
     config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
     resolve_device(device)
+    use_threads(threads)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = runs.workspace_root(runs_root)
-    with progress_bar(TextColumn("{task.fields[status]}")) as progress:
-        task = progress.add_task("search", total=len(config.grid()) * folds, status="")
+    with Progress(quiet=quiet, interval=log_every) as progress:
+        task = progress.add("search", total=len(config.grid()) * folds, unit="models")
 
         def on_progress(done: float, total: int, status: str) -> None:
-            progress.update(task, completed=done, total=total, status=status)
+            task.update(completed=done, total=total, status=status)
 
         with download_progress() as data_progress:
             results = run_search(config, root, data_dir=data_dir, on_progress=on_progress,

@@ -19,8 +19,14 @@ from aetool.cli.common import (
     one_of,
     preset_choice,
     print_json,
-    progress_bar,
     stderr,
+)
+from aetool.cli.longrun import (
+    LogEveryOption,
+    Progress,
+    QuietOption,
+    ThreadsOption,
+    use_threads,
 )
 from aetool.embed import METHODS
 from aetool.study import STAGES, StudySettings, run_study
@@ -77,6 +83,9 @@ def study(
     dataset: DatasetOption = "mnist",
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
+    threads: ThreadsOption = None,
+    quiet: QuietOption = False,
+    log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
     """Run the whole study: search, fit each ED, corrupt, embed, report.
@@ -97,20 +106,18 @@ def study(
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         val_size=val_size, skip_search=skip_search,
     )
-    with progress_bar(status_column()) as progress:
-        tasks = {s: progress.add_task(s, total=None, status="", start=False)
+    use_threads(threads)
+    with Progress(quiet=quiet, interval=log_every) as progress:
+        tasks = {s: progress.add(s, total=None, start=False)
                  for s in STAGES if not (s == "search" and skip_search)}
 
         def on_progress(stage: str, done: float, total: float, status: str) -> None:
-            progress.start_task(tasks[stage])
-            progress.update(tasks[stage], completed=done, total=total, status=escape(status))
+            tasks[stage].update(completed=done, total=total, status=status)
 
         def on_stage(result) -> None:
             task = tasks[result.stage]
-            total = progress.tasks[task].total or 1
-            progress.update(task, completed=total, total=total,
-                            status=f"{result.seconds:.1f} s")
-            progress.stop_task(task)
+            total = task.total or 1
+            task.update(completed=total, total=total, status=f"{result.seconds:.1f} s")
 
         summary = run_study(settings, runs_root, data_dir=data_dir, on_progress=on_progress,
                             on_stage=on_stage)
@@ -127,9 +134,3 @@ def study(
     table.add_row("[bold]total", f"[bold]{summary['seconds']:.1f}", "", "")
     stderr.print(table)
     stderr.print(f"Report: [bold]{escape(summary['report'])}[/]")
-
-
-def status_column():
-    from rich.progress import TextColumn
-
-    return TextColumn("{task.fields[status]}")
