@@ -38,6 +38,7 @@ class FitConfig:
     dataset: str = "mnist"  # mnist | fashion-mnist
     noise: str | None = None  # train a denoising autoencoder on this noise (NAME:param=value)
     preset: str = "report"  # the preset the other values started from
+    time_budget: float | None = None  # seconds (--time): max_epochs was chosen to fit them
 
     def validate(self) -> None:
         """Check every value's type and range; a `SettingError` names the first bad field."""
@@ -54,6 +55,8 @@ class FitConfig:
             ("warmup_epochs", self.warmup_epochs >= 0, "be zero or more"),
             ("val_size", self.val_size >= 1, "be at least 1"),
             ("schedule", self.schedule in SCHEDULES, f"be one of {', '.join(SCHEDULES)}"),
+            ("time_budget", self.time_budget is None
+             or (self.time_budget > 0 and math.isfinite(self.time_budget)), "be positive"),
         ]
         for name, ok, rule in checks:
             if not ok:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from aetool import __version__, runs
+from aetool import __version__, budget, runs
 from aetool.data import ProgressFn, Split, dataset_spec, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
@@ -223,9 +223,38 @@ def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, nois
     return stopped_early
 
 
+def _plan_time_budget(config: FitConfig, split: Split, device: torch.device, mode: str,
+                      noise: NoiseFn | None) -> tuple[FitConfig, dict[str, Any]]:
+    """The settings with `max_epochs` chosen so the whole run fits `config.time_budget`
+    (`aetool.budget`), timed on a throwaway model before the run's own model exists."""
+    probe = _start(replace(config, seed=config.seed + 1), device)
+    run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode)
+    images = split.train.shape[0]
+    batch = min(config.batch_size, images)
+
+    def train_batches(k: int) -> int:
+        run_epoch(probe.model, probe.optimizer, split.train[: k * batch], batch, probe.shuffle,
+                  noise, probe.noise_generator)
+        synchronize(device)
+        return math.ceil(min(k * batch, images) / batch)
+
+    def evaluate_val() -> None:
+        evaluate(probe.model, split.val)
+        synchronize(device)
+
+    plan = budget.plan_epochs(
+        float(config.time_budget or 0), train_batches, evaluate_val,
+        batches_per_epoch=math.ceil(images / config.batch_size),
+        test_ratio=split.test.shape[0] / max(split.val.shape[0], 1), cap=config.max_epochs)
+    return replace(config, max_epochs=plan.max_epochs), asdict(plan)
+
+
 def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source: Path | None,
            split: Split, checksum: str | None, device: torch.device, mode: str,
            noise: NoiseFn | None, on_epoch: EpochCallback | None) -> FitResult:
+    plan = None
+    if state is None and config.time_budget is not None:  # a resumed run keeps its length
+        config, plan = _plan_time_budget(config, split, device, mode, noise)
     t = _start(config, device)
     if state is not None:
         t.restore(state, source or Path(runs.STATE))
@@ -249,6 +278,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "test_images": int(split.test.shape[0]),
         "dataset_sha256": checksum,
         "environment": _environment(device, t.mode),
+        "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
     writer.finish(metrics)
     return FitResult(None, config, t.history, t.best_epoch, t.best_val, test_mse, stopped_early,

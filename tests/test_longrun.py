@@ -101,3 +101,107 @@ def test_long_commands_take_quiet_threads_and_log_every(command):
     result = invoke(command, "--help")
     for option in ("--quiet", "--threads", "--log-every"):
         assert option in result.output, (command, option)
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+def test_durations():
+    from aetool.budget import parse_duration
+
+    assert parse_duration("10m") == 600 and parse_duration("1h30m") == 5400
+    assert parse_duration("90") == 90 and parse_duration("45s") == 45
+    assert parse_duration("2h") == 7200 and parse_duration("1m30s") == 90
+    for bad in ("", "0", "-5m", "ten", "5x", "m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+class TickingClock:
+    """Each reading is `step` seconds after the one before, like a machine where everything
+    measured takes exactly one tick."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_epoch_arithmetic_with_a_fake_clock(monkeypatch):
+    from aetool import budget
+
+    clock = FakeClock()
+    batches = []
+
+    def train_batches(k):  # each training batch "takes" 0.05 s, one validation pass 0.5 s
+        batches.append(k)
+        clock.now += 0.05 * k
+        return k
+
+    def evaluate_val():
+        clock.now += 0.5
+
+    monkeypatch.setattr(budget, "clock", clock)
+    plan = budget.plan_epochs(120.0, train_batches, evaluate_val, batches_per_epoch=391,
+                              test_ratio=1.0, cap=10_000)
+    assert plan.batch_seconds == pytest.approx(0.05)
+    assert plan.epoch_seconds == pytest.approx(391 * 0.05 + 0.5)  # 20.05 s
+    # measured: warm-up, then chunks of 10 batches for at least 2.4 s (2% of 120 s)
+    assert batches[0] == budget.WARMUP_BATCHES and set(batches[1:]) == {budget.CHUNK_BATCHES}
+    spent = plan.measure_seconds
+    assert spent == pytest.approx(0.05 * sum(batches) + 0.5)
+    # (120 s - measuring - the test pass) x 0.9, over 20.05 s an epoch
+    assert plan.max_epochs == int((120 - spent - 0.5) * budget.MARGIN // 20.05) == 5
+    assert budget.plan_epochs(120.0, train_batches, evaluate_val, batches_per_epoch=391,
+                              test_ratio=1.0, cap=3).max_epochs == 3  # --max-epochs is smaller
+    with pytest.raises(budget.AetoolError, match="less than one epoch"):
+        budget.plan_epochs(10.0, train_batches, evaluate_val, batches_per_epoch=391,
+                           test_ratio=1.0, cap=100)
+
+
+def test_fit_to_a_time_budget_records_it_and_resumes_with_its_length(
+    fake_data_dir, workspace, monkeypatch
+):
+    from aetool import budget
+    from aetool.settings import learning_rate
+    from aetool.training import fit_run, resume_config, run_config
+
+    monkeypatch.setattr(budget, "clock", TickingClock())  # every measurement takes 1 s
+    config = run_config(ed=2, batch_size=100, val_size=100, device="cpu", time_budget=20.0,
+                        max_epochs=budget.MAX_EPOCHS)
+    with pytest.raises(KeyboardInterrupt):  # stopped after epoch 2
+        fit_run(config, workspace, "timed", data_dir=fake_data_dir,
+                on_epoch=lambda record, cfg: _stop_at(record, 2))
+    saved = runs.load_json(workspace / "timed" / runs.CONFIG)
+    # 500 training images at batch 100: 5 batches an epoch, measured as one chunk (1 s, so
+    # 0.2 s a batch) after the warm-up; validation 1 s, so an epoch is 2 s and the test pass
+    # (200 images, twice the validation set) 2 s; 6 s went to measuring (six clock readings
+    # after the first). (20 - 6 - 2) x 0.9 / 2 = 5.4: five epochs.
+    assert saved["time_budget"] == 20.0 and saved["max_epochs"] == 5
+
+    def no_clock():
+        raise AssertionError("a resumed run must not measure again")
+
+    monkeypatch.setattr(budget, "clock", no_clock)
+    resumed = resume_config(workspace / "timed")
+    assert resumed.max_epochs == 5
+    result = fit_run(resumed, workspace, "timed", existing="resume", data_dir=fake_data_dir)
+    assert len(result.history) == 5
+    assert [r.lr for r in result.history] == pytest.approx(
+        [learning_rate(resumed, e) for e in range(5)])
+    assert result.metrics["time_budget"] == {"budget": 20.0}
+
+
+def _stop_at(record, epoch):
+    if record.epoch == epoch:
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("args", [["--time", "10x"], ["--time", "0"],
+                                  ["--resume", "--time", "10m"]])
+def test_bad_time_budgets_exit_2(args, workspace):
+    result = invoke("fit", *args)
+    assert result.exit_code == 2, result.output
+    assert "--time" in result.output and "Traceback" not in result.output

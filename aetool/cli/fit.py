@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import runs
+from aetool.budget import MAX_EPOCHS, duration_text, parse_duration
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -45,6 +46,15 @@ from aetool.training import (
 )
 
 
+def _duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def _schedule(value: str | None) -> str | None:
     if value is not None and value not in SCHEDULES:
         raise typer.BadParameter(f"must be {' or '.join(SCHEDULES)}")
@@ -69,6 +79,12 @@ def fit(
     ] = None,
     max_epochs: Annotated[
         int | None, typer.Option(help="Most epochs to train.")
+    ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option("--time", help="Train for this long (90, 45s, 10m, 1h30m): measure an "
+                     "epoch first, then choose --max-epochs so the whole schedule ends in "
+                     "time (with --max-epochs: the smaller).", callback=_duration),
     ] = None,
     patience: Annotated[
         int | None,
@@ -135,13 +151,17 @@ def fit(
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     workspace = runs.Workspace(runs_root)
     run_dir = workspace.run_dir(name if name is not None else f"ed{ed}")
+    if resume and time is not None:
+        raise typer.BadParameter("a resumed run keeps the length its --time chose",
+                                 param_hint="--time")
     if resume:
         config = resume_config(run_dir, max_epochs=max_epochs, device=device)
     else:
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
-            weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs,
-            patience=patience, tolerance=tolerance, schedule=schedule,
+            weight_decay=weight_decay, batch_size=batch_size,
+            max_epochs=max_epochs or (MAX_EPOCHS if time is not None else None),
+            time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
             val_size=val_size,
         )
@@ -169,6 +189,9 @@ def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing:
     def on_epoch(record, cfg) -> None:
         nonlocal task
         if task is None:
+            if cfg.time_budget is not None and record.epoch == 1:
+                progress.note(f"Time budget {duration_text(cfg.time_budget)}: training "
+                              f"{cfg.max_epochs} epochs (the schedule ends with them).")
             task = progress.add(f"fit ED={cfg.ed}", total=cfg.max_epochs,
                                 completed=record.epoch - 1, unit="epoch",
                                 elapsed=record.seconds)
@@ -211,6 +234,9 @@ def summary_table(result: FitResult) -> Table:
                           f"{result.metrics['environment']['train_mode']})"),
         ("lr / weight decay", f"{result.config.lr:g} / {result.config.weight_decay:g}"),
     ]
+    if result.config.time_budget is not None:
+        rows.append(("time budget", f"{duration_text(result.config.time_budget)} "
+                     f"({result.config.max_epochs} epochs)"))
     for key, value in rows:
         table.add_row(key, value)
     return table

@@ -190,6 +190,15 @@ class Progress:
             task.printed_done = task.done
             self._last_line = now
 
+    def note(self, message: str) -> None:
+        """One line of information (not with --quiet)."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.console.print(escape(message), highlight=False)
+        else:
+            self.write(message)
+
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
