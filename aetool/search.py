@@ -415,6 +415,7 @@ def _trial_result(fold_curves: list[Curves], device: torch.device
                    "train": [_clean(c.train) for c in fold_curves]},
         "seconds": sum(c.seconds for c in fold_curves),
         "device": device_description(device),
+        "threads": torch.get_num_threads(),  # the worker's intra-op CPU threads
     }
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,16 +20,19 @@ from aetool.cli.common import (
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
     print_json,
     stderr,
+    warn,
 )
 from aetool.cli.longrun import (
     LogEveryOption,
     Progress,
     QuietOption,
     ThreadsOption,
+    cpu_cores,
     use_threads,
 )
 from aetool.devices import resolve_device
@@ -106,6 +112,11 @@ def search(
     limit: Annotated[
         int | None, typer.Option(hidden=True, help="Use only the first N training images.")
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes on this machine, on the same study, sharing "
+                          "the cores: each gets cores/N threads unless --threads says.",
+                          callback=at_least(1))
+    ] = 1,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
     data_dir: DataDirOption = None,
@@ -127,6 +138,8 @@ def search(
     )
     config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
     resolve_device(device)
+    if workers > 1 and threads is None:
+        threads = max(1, cpu_cores() // workers)
     use_threads(threads)
     import optuna
 
@@ -138,9 +151,13 @@ def search(
         def on_progress(done: float, total: int, status: str) -> None:
             task.update(completed=done, total=total, status=status)
 
-        with download_progress() as data_progress:
-            results = run_search(config, root, data_dir=data_dir, on_progress=on_progress,
-                                 data_progress=data_progress)
+        helpers = start_workers(config, root, data_dir, workers - 1, threads)
+        try:
+            with download_progress() as data_progress:
+                results = run_search(config, root, data_dir=data_dir,
+                                     on_progress=on_progress, data_progress=data_progress)
+        finally:
+            stop_workers(helpers)
     if json_output:
         print_json(results)
     else:
@@ -149,6 +166,48 @@ def search(
         stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
                      f"[bold]{escape(results['study']['name'])}[/] in "
                      f"{escape(str(results['study']['storage']))}")
+
+
+def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
+                   threads: int | None) -> list[str]:
+    """The `aetool search` command line of one more worker on the same study."""
+    args = [sys.executable, "-m", "aetool", "search", "--runs", str(root), "--quiet"]
+    for option, values in (("--ed", config.eds), ("--lr", config.lrs),
+                           ("--weight-decay", config.weight_decays)):
+        for value in values:
+            args += [option, repr(value)]
+    for option, value in (
+        ("--folds", config.folds), ("--epochs", config.epochs),
+        ("--batch-size", config.batch_size), ("--seed", config.seed),
+        ("--max-loss", config.max_loss), ("--max-oscillation", config.max_oscillation),
+        ("--val-size", config.val_size), ("--limit", config.limit),
+        ("--parallel", config.parallel), ("--storage", config.storage),
+        ("--study-name", config.study_name), ("--device", config.device),
+        ("--dataset", config.dataset), ("--data-dir", data_dir), ("--threads", threads),
+    ):
+        if value is not None:
+            args += [option, str(value) if not isinstance(value, float) else repr(value)]
+    return args
+
+
+def start_workers(config: SearchConfig, root: Path, data_dir: Path | None, count: int,
+                  threads: int | None) -> list[subprocess.Popen]:
+    """Start `count` more worker processes on the same study (quiet; errors on stderr)."""
+    command = worker_command(config, root, data_dir, threads)
+    return [subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            for _ in range(count)]
+
+
+def stop_workers(helpers: list[subprocess.Popen]) -> None:
+    """Wait for the helper workers (they finish with the grid); stop them if this worker
+    stopped early, so their trials are failed and retried by the next search."""
+    if sys.exc_info()[0] is not None:
+        for helper in helpers:
+            if helper.poll() is None:
+                helper.terminate()
+    for helper in helpers:
+        if helper.wait() not in (0, 130, -15):
+            warn(f"search worker {helper.pid} ended with exit code {helper.returncode}.")
 
 
 def _fmt(value: float | None, spec: str = ".5f") -> str:
