@@ -14,3 +14,8 @@ hookimpl = HookimplMarker("aetool")
 @hookspec
 def register_noises(register):
     """Register noises by calling `register(Noise(...))` once for each noise."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register data sets by calling `register(Dataset(...))` once for each data set."""

@@ -25,6 +25,9 @@ DEFAULT_PLUGINS = (
     "aetool.default_plugins.gaussian",
     "aetool.default_plugins.uniform",
     "aetool.default_plugins.occlusion",
+    "aetool.default_plugins.mnist",
+    "aetool.default_plugins.kmnist",
+    "aetool.default_plugins.emnist",
 )
 ENTRY_POINT_GROUP = "aetool"
 NO_ENTRYPOINTS_ENV = "AETOOL_NO_ENTRYPOINTS"
