@@ -1,0 +1,200 @@
+"""Architectures: what one is, the registry that plugins fill, specs like `wide:width=16`, and
+building a model that keeps the autoencoder contract.
+
+A `Model` has a name, a one-line description, typed parameters (`Param`, as noises have) and
+`build(ed, **params) -> nn.Module`. The module maps a float batch (N, 1, 28, 28) in [0, 1] to
+codes with `encode(x) -> (N, ed)`, codes to images in [0, 1] with `decode(z) -> (N, 1, 28, 28)`,
+and `forward(x) = decode(encode(x))`. Plugins register models through the
+`register_models(register)` hook; the built-ins in `aetool.default_plugins` (`course`, the
+report's architecture, and `wide`) do exactly what a third-party plugin does. Every model a
+run trains is checked once on a dummy batch before anything is trained (`build_model`).
+
+A run's `config.json` records its model as a spec with every parameter (`wide:width=16,...`);
+a run folder without one is a `course` run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aetool import plugins
+from aetool.errors import AetoolError, SettingError
+from aetool.params import Param, format_value, split_spec
+
+DEFAULT_MODEL = "course"
+SIDE = 28  # the images every model takes: (N, 1, 28, 28)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A named architecture: `build(ed, **params)` returns a fresh autoencoder module."""
+
+    name: str
+    description: str
+    build: Callable[..., nn.Module]
+    params: tuple[Param, ...] = ()
+    plugin: str | None = None  # filled in by the registry: the plugin that registered it
+
+    def param(self, name: str) -> Param:
+        for param in self.params:
+            if param.name == name:
+                return param
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise AetoolError(
+            f"Model {self.name!r} has no parameter {name!r}; its parameters are: {known}."
+        )
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model with all its parameter values: what a run trains."""
+
+    model: Model
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def spec(self) -> str:
+        """The spec that rebuilds this exact model, every parameter spelt out."""
+        if not self.params:
+            return self.name
+        return f"{self.name}:" + ",".join(
+            f"{k}={format_value(v, exact=True)}" for k, v in self.params.items()
+        )
+
+    def build(self, ed: int) -> nn.Module:
+        """A fresh module for encoding dimension `ed`, checked against the contract."""
+        try:
+            module = self.model.build(ed, **self.params)
+        except AetoolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
+            raise SettingError("model", f"Model {self.spec!r} (plugin {self.model.plugin}) could "
+                           f"not be built: {type(exc).__name__}: {exc}") from None
+        check_contract(module, ed, self)
+        return module
+
+
+def registered_models() -> dict[str, Model]:
+    """Every model the plugins register, by name, each with `.plugin` set to its plugin."""
+    return plugins.collect("register_models", Model, "model")
+
+
+def get_model(name: str) -> Model:
+    models = registered_models()
+    if name not in models:
+        raise SettingError("model", f"Unknown model {name!r}; the registered models are: "
+                           f"{', '.join(sorted(models))} (`aetool models` lists them).")
+    return models[name]
+
+
+def parse_model_spec(spec: str | None) -> ModelSpec:
+    """`NAME` or `NAME:param=value,...` -> the model with every parameter's value (checked);
+    None is the default model. A bad spec is a `SettingError` for the field `model`."""
+    try:
+        name, pairs = split_spec(spec or DEFAULT_MODEL, "model")
+        model = get_model(name)
+        values = model.defaults()
+        for key, text in pairs:
+            values[key] = model.param(key).parse(text)
+    except SettingError:
+        raise
+    except AetoolError as exc:
+        raise SettingError("model", f"Model {spec!r}: {exc}") from None
+    return ModelSpec(model, values)
+
+
+def resolve_model_spec(spec: str | None) -> str:
+    """The canonical spec (every parameter spelt out) that `config.json` records."""
+    return parse_model_spec(spec).spec
+
+
+def build_model(spec: str | None, ed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """A fresh, checked module of the model `spec` for encoding dimension `ed` on `device`."""
+    return parse_model_spec(spec).build(ed).to(device)
+
+
+@torch.no_grad()
+def check_contract(module: Any, ed: int, spec: ModelSpec) -> None:
+    """Run the module once on a dummy batch: `encode` gives (N, ed), `decode` and `forward`
+    give (N, 1, 28, 28) in [0, 1]. Anything else is one sentence naming the model's plugin."""
+    where = f"Model {spec.spec!r} (plugin {spec.model.plugin})"
+    if not isinstance(module, nn.Module) or not all(
+            callable(getattr(module, m, None)) for m in ("encode", "decode", "forward")):
+        raise SettingError("model", f"{where} did not build an nn.Module with encode, decode "
+                           "and forward.")
+    was_training = module.training
+    module.eval()
+    x = torch.rand(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    try:
+        z = module.encode(x)
+        out = {"encode": (z, (2, ed)), "decode": (module.decode(z), (2, 1, SIDE, SIDE)),
+               "forward": (module(x), (2, 1, SIDE, SIDE))}
+    except Exception as exc:  # noqa: BLE001 - any failure on the dummy batch is the plugin's
+        raise SettingError("model", f"{where} fails on a batch of 28x28 images: "
+                           f"{type(exc).__name__}: {exc}") from None
+    finally:
+        module.train(was_training)
+    for method, (value, shape) in out.items():
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise SettingError("model", f"{where}: {method} returned shape {got}, not {shape}.")
+    for method in ("decode", "forward"):
+        value = out[method][0]
+        if not bool(((value >= 0) & (value <= 1)).all()):
+            raise SettingError("model", f"{where}: {method} returned values outside [0, 1].")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def load_weights(spec: str | None, ed: int, path: Path | str,
+                 device: torch.device | str = "cpu") -> nn.Module:
+    """The model `spec` for `ed` with the weights of checkpoint `path` (a bare state_dict,
+    read safely), in eval mode; a checkpoint of another model or ED is one sentence."""
+    from aetool.files import load_torch
+
+    state = load_torch(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    module = build_model(spec, ed)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise AetoolError(f"{path} does not hold the weights of a {spec or DEFAULT_MODEL!r} model "
+                          f"with encoding dimension {ed}.") from None
+    return module.to(device).eval()
+
+
+def describe_models(ed: int = 4) -> list[dict[str, Any]]:
+    """Every registered model as plain data, with its parameter count at encoding dimension
+    `ed` (built with its defaults)."""
+    rows = []
+    for name, model in sorted(registered_models().items()):
+        dist = plugins.distribution_of(model.plugin or "")
+        try:
+            count: int | None = count_parameters(ModelSpec(model, model.defaults()).build(ed))
+        except AetoolError:
+            count = None
+        rows.append({
+            "name": name, "plugin": model.plugin,
+            "package": f"{dist[0]} {dist[1]}" if dist else None,
+            "description": model.description, f"parameters_at_ed{ed}": count,
+            "params": [{"name": p.name, "type": p.type.__name__, "default": p.default,
+                        "help": p.help, "choices": list(p.choices) if p.choices else None}
+                       for p in model.params],
+        })
+    return rows
