@@ -64,12 +64,24 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("redis"):
             return optuna.storages.JournalStorage(JournalRedisBackend(url))
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(database_url(url))
     except ImportError as exc:
-        raise AetoolError(f"The storage {hide_password(url)} needs a package: {exc}.") from None
+        hint = (" (pip install 'aetool[postgres]')" if database_url(url) != url
+                or url.startswith("postgresql+psycopg:") else "")
+        raise AetoolError(f"The storage {hide_password(url)} needs a package{hint}: "
+                          f"{exc}.") from None
     except Exception as exc:  # sqlalchemy and drivers raise many types for a bad URL or server
         raise AetoolError(f"Cannot open the storage {hide_password(url)}: "
                           f"{first_line(exc)}") from None
+
+
+def database_url(url: str) -> str:
+    """The SQLAlchemy URL for a storage URL: `postgresql://` and `postgres://` without a
+    driver mean psycopg 3 (the `aetool[postgres]` extra) on every SQLAlchemy 2.x, where 2.0
+    would pick psycopg2 and 2.1 picks psycopg. A URL naming its driver
+    (`postgresql+psycopg2://`) is kept."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if sep and scheme in ("postgresql", "postgres") else url
 
 
 def hide_password(url: str | None) -> str | None:
