@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aetool import runs
+from aetool.budget import MAX_EPOCHS, duration_text
 from aetool.errors import AetoolError, SettingError
 from aetool.settings import DEFAULT_PRESET, preset_config
 from aetool.training import fit_run, resume_config, run_config
@@ -43,6 +44,8 @@ class StudySettings:
     device: str = "auto"
     dataset: str = "mnist"
     val_size: int = 10_000
+    time_budget: float | None = None  # seconds for the whole study (--time); see split_time
+    fit_seconds: float | None = None  # each new fit's time budget, set by run_study
     search_limit: int | None = None  # use only the first N training images in the search
     skip_search: bool = False  # fit with the preset's lr and wd instead of searching
 
@@ -55,6 +58,8 @@ class StudySettings:
 
         if not self.eds:
             raise SettingError("eds", "The study needs at least one encoding dimension.")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise SettingError("time_budget", "time_budget must be positive.")
         for ed in self.eds:  # the fit stage's settings, for every ED
             preset_config(self.preset, ed=ed, max_epochs=self.max_epochs, seed=self.seed,
                           device=self.device, dataset=self.dataset, val_size=self.val_size)
@@ -123,7 +128,8 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
         else:
             config = run_config(
                 settings.preset, runs_root=root, from_search=not settings.skip_search, ed=ed,
-                max_epochs=settings.max_epochs, seed=settings.seed, device=settings.device,
+                max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
+                time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
                 dataset=settings.dataset, val_size=settings.val_size,
             )
 
@@ -200,6 +206,32 @@ def _report(settings: StudySettings, root: Path, data_dir: Path | None,
     return StageResult("report", time.perf_counter() - tic, [str(result.path)], [])
 
 
+REST_SHARE = 0.1  # of a study's time budget kept for corrupt, embed and report
+MIN_FIT_SECONDS = 10.0
+
+
+def split_time(settings: StudySettings, root: Path, spent: float
+               ) -> tuple[StudySettings, dict[str, Any]]:
+    """How a study's time budget is spent: the search takes what it takes (its grid is fixed
+    work), a tenth of the budget is kept for corrupt, embed and report, and what is left goes
+    in equal shares to the fits still to start, each of which trains to its share as
+    `fit --time` does (a finished or interrupted run keeps its length)."""
+    budget = float(settings.time_budget or 0)
+    todo = [f"ed{ed}" for ed in settings.eds if not (root / f"ed{ed}" / runs.STATE).exists()
+            and not (root / f"ed{ed}" / runs.METRICS).exists()]
+    share = (budget * (1 - REST_SHARE) - spent) / max(len(todo), 1)
+    if todo and share < MIN_FIT_SECONDS:
+        raise AetoolError(
+            f"The search took {duration_text(spent)} of the study's {duration_text(budget)}; "
+            f"too little is left to fit {len(todo)} models; give more time."
+        )
+    plan = {"budget": budget, "search_seconds": spent, "rest_seconds": budget * REST_SHARE,
+            "fits": todo, "seconds_per_fit": share if todo else 0.0,
+            "rule": f"search first; {REST_SHARE:.0%} kept for corrupt, embed and report; the "
+                    "rest split equally over the fits still to start"}
+    return replace(settings, fit_seconds=share if todo else None), plan
+
+
 RUNNERS = {"search": _search, "fit": _fit, "corrupt": _corrupt, "embed": _embed,
            "report": _report}
 
@@ -221,7 +253,13 @@ def run_study(
     stages = [s for s in STAGES if not (s == "search" and settings.skip_search)]
     results: list[StageResult] = []
     tic = time.perf_counter()
+    time_plan = None
     for stage in stages:
+        if stage == "fit" and settings.time_budget is not None:
+            settings, time_plan = split_time(settings, root, time.perf_counter() - tic)
+            progress("fit", 0, len(settings.eds), (
+                f"time budget: {duration_text(time_plan['seconds_per_fit'])} for each of "
+                f"{len(time_plan['fits'])} fits") if time_plan["fits"] else "nothing to fit")
         result = RUNNERS[stage](settings, root, data_dir, progress)
         results.append(result)
         if on_stage is not None:
@@ -231,6 +269,7 @@ def run_study(
         "stages": [asdict(r) for r in results],
         "seconds": time.perf_counter() - tic,
         "report": str(runs.Workspace(root).report),
+        "time_plan": time_plan,
     }
     runs.save_json(root / STUDY_FILE, summary)
     return summary

@@ -239,3 +239,38 @@ def test_search_workers_share_the_cores_and_train_each_point_once(fake_data_dir,
     cores = len(os.sched_getaffinity(0))
     assert {t.user_attrs["threads"] for t in trials if t.state.name == "COMPLETE"} == {
         max(1, cores // 2)}
+
+
+# --------------------------------------------------------------------------- study --time
+
+
+def test_study_splits_its_time_budget(tmp_path):
+    from aetool.errors import AetoolError
+    from aetool.study import REST_SHARE, StudySettings, split_time
+
+    settings = StudySettings(eds=[4, 8], time_budget=1000.0)
+    split, plan = split_time(settings, tmp_path, 100.0)  # the search took 100 s
+    assert plan["fits"] == ["ed4", "ed8"]
+    assert split.fit_seconds == plan["seconds_per_fit"] == (1000 * (1 - REST_SHARE) - 100) / 2
+    runs.save_json(tmp_path / "ed4" / runs.METRICS, {})  # ed4 is trained already
+    split, plan = split_time(settings, tmp_path, 100.0)
+    assert plan["fits"] == ["ed8"] and split.fit_seconds == 800
+    with pytest.raises(AetoolError, match="too little is left"):
+        split_time(settings, tmp_path, 895.0)
+
+
+def test_study_with_a_time_budget_fits_to_its_share(fake_data_dir, workspace, monkeypatch):
+    from aetool import budget
+    from aetool.study import StudySettings, run_study
+
+    monkeypatch.setattr(budget, "clock", TickingClock())  # every measurement takes 1 s
+    summary = run_study(StudySettings(eds=[2], skip_search=True, time_budget=40.0,
+                                      val_size=100, device="cpu", noises=["original"]),
+                        workspace, data_dir=fake_data_dir)
+    plan = summary["time_plan"]
+    assert plan["fits"] == ["ed2"] and plan["seconds_per_fit"] == pytest.approx(36, abs=1)
+    config = runs.load_json(workspace / "ed2" / runs.CONFIG)
+    assert config["time_budget"] == pytest.approx(36, abs=1)
+    # 4 batches of 128 an epoch (one 1 s chunk after the warm-up) + 1 s validation = 2 s;
+    # 6 s measuring, 2 s test: (36 - 8) x 0.9 / 2 = 12.6
+    assert config["max_epochs"] == 12

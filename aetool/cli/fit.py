@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import runs
-from aetool.budget import MAX_EPOCHS, duration_text, parse_duration
+from aetool.budget import MAX_EPOCHS, duration_text
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -30,6 +30,7 @@ from aetool.cli.longrun import (
     Progress,
     QuietOption,
     ThreadsOption,
+    duration,
     use_threads,
 )
 from aetool.cli.noises import check_noise_option
@@ -44,15 +45,6 @@ from aetool.training import (
     resume_config,
     run_config,
 )
-
-
-def _duration(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 def _schedule(value: str | None) -> str | None:
@@ -84,7 +76,7 @@ def fit(
         str | None,
         typer.Option("--time", help="Train for this long (90, 45s, 10m, 1h30m): measure an "
                      "epoch first, then choose --max-epochs so the whole schedule ends in "
-                     "time (with --max-epochs: the smaller).", callback=_duration),
+                     "time (with --max-epochs: the smaller).", callback=duration),
     ] = None,
     patience: Annotated[
         int | None,

@@ -49,6 +49,18 @@ ThreadsOption = Annotated[
 ]
 
 
+def duration(value: str | None) -> float | None:
+    """A Typer callback reading `--time` (90, 45s, 10m, 1h30m) as seconds (exit 2 if bad)."""
+    from aetool.budget import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
 def cpu_cores() -> int:
     """The cores this process may run on."""
     try:

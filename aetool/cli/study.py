@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from aetool.budget import duration_text
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -26,6 +27,7 @@ from aetool.cli.longrun import (
     Progress,
     QuietOption,
     ThreadsOption,
+    duration,
     use_threads,
 )
 from aetool.embed import METHODS
@@ -65,6 +67,13 @@ def study(
     max_epochs: Annotated[
         int | None, typer.Option(help="Cap on fit's epochs.")
     ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option("--time", help="Time for the whole study (10m, 1h30m): the search takes "
+                     "what it takes, a tenth is kept for corrupt, embed and report, and the "
+                     "rest is split equally over the fits, each trained to its share as "
+                     "`fit --time` does.", callback=duration),
+    ] = None,
     noise: Annotated[
         list[str] | None,
         typer.Option("--noise", help="Noises for corrupt; repeatable.",
@@ -102,7 +111,7 @@ def study(
         eds=ed or defaults.eds, lrs=lr or defaults.lrs,
         weight_decays=weight_decay or defaults.weight_decays, folds=folds,
         search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs,
-        noises=noise,
+        noises=noise, time_budget=time,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         val_size=val_size, skip_search=skip_search,
     )
@@ -133,4 +142,11 @@ def study(
                       escape(", ".join(stage["skipped"])) or "-")
     table.add_row("[bold]total", f"[bold]{summary['seconds']:.1f}", "", "")
     stderr.print(table)
+    plan = summary.get("time_plan")
+    if plan and plan["fits"]:
+        stderr.print(f"Time budget {duration_text(plan['budget'])}: search "
+                     f"{duration_text(plan['search_seconds'])}, "
+                     f"{duration_text(plan['seconds_per_fit'])} for each of "
+                     f"{len(plan['fits'])} fits, {duration_text(plan['rest_seconds'])} kept "
+                     "for corrupt, embed and report.")
     stderr.print(f"Report: [bold]{escape(summary['report'])}[/]")
