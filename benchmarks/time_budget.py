@@ -1,0 +1,72 @@
+"""Test MSE against training time: `aetool fit --ed 4 --time T` for several budgets.
+
+Each budget runs as its own `aetool fit` process (so start-up is measured too), one after the
+other, in a scratch workspace. For each it records the wall time of the whole command, the
+epochs `--time` chose, the measured epoch estimate, the training seconds and the test MSE,
+beside the report's checkpoint for the same ED (the line the curve is compared with):
+
+    python benchmarks/time_budget.py --times 2m 5m 15m --threads 1 --results benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from record import save_result
+
+REPORT_TEST_MSE = {4: 0.02696, 8: 0.01608, 16: 0.00962, 32: 0.00813}  # the report's checkpoints
+
+
+def one_budget(budget: str, ed: int, threads: int, workspace: Path) -> dict:
+    name = f"ed{ed}-time-{budget}"
+    cmd = [sys.executable, "-m", "aetool", "fit", "--ed", str(ed), "--time", budget,
+           "--threads", str(threads), "--device", "cpu", "--runs", str(workspace),
+           "--name", name, "--force", "--json", "--log-every", "60"]
+    tic = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - tic
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    summary = json.loads(done.stdout)
+    metrics = json.loads((workspace / name / "metrics.json").read_text())
+    plan = metrics["time_budget"]
+    return {
+        "budget": budget, "budget_seconds": plan["budget"], "wall_seconds": round(wall, 1),
+        "within_budget": wall <= plan["budget"], "max_epochs": plan["max_epochs"],
+        "epochs": summary["epochs"], "epoch_seconds_estimate": round(plan["epoch_seconds"], 3),
+        "seconds_per_epoch": round(metrics["seconds_per_epoch"], 3),
+        "measure_seconds": round(plan["measure_seconds"], 2),
+        "train_seconds": round(metrics["train_seconds"], 1), "test_mse": summary["test_mse"],
+        "best_epoch": summary["best_epoch"], "threads": metrics["environment"]["threads"],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "stderr": done.stderr,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--times", nargs="+", default=["2m", "5m", "15m"])
+    parser.add_argument("--ed", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--results", default=None, help="folder for the JSON result file")
+    args = parser.parse_args()
+    workspace = args.workspace or Path(tempfile.mkdtemp(prefix="aetool-time-"))
+    rows = []
+    for budget in args.times:
+        row = one_budget(budget, args.ed, args.threads, workspace)
+        rows.append(row)
+        print(f"--time {budget}: {row['epochs']} epochs, wall {row['wall_seconds']} s, "
+              f"test MSE {row['test_mse']:.5f}", flush=True)
+    results = {"ed": args.ed, "report_test_mse": REPORT_TEST_MSE.get(args.ed), "rows": rows}
+    save_result("time_budget", "time_budget.py", results, args.results, "cpu")
+
+
+if __name__ == "__main__":
+    main()
