@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from aetool import runs
-from aetool.data import ProgressFn, load_dataset, to_float
+from aetool.data import ProgressFn, check_unchanged, load_dataset, to_float
 from aetool.errors import AetoolError
 from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
@@ -185,13 +185,18 @@ class Target:
     model: torch.nn.Module
     dataset: str
     folder: Path | None
+    resize: bool = False  # the run's `resize` (an image folder's images resized to 28x28)
+    dataset_sha256: str | None = None  # the data it was trained on; other data is refused
 
 
 def run_targets(found: Sequence[runs.Run], device: torch.device | str,
                 dataset: str | None = None) -> list[Target]:
-    """Trained runs as targets, each with the data set it was trained on (unless `dataset`)."""
-    return [Target(run.name, run.ed, run.model(device), dataset or run.settings.dataset,
-                   run.path) for run in found]
+    """Trained runs as targets, each with the data set it was trained on (unless `dataset`),
+    which must not have changed since (its sha256 is checked when it is loaded)."""
+    if dataset:
+        return [Target(run.name, run.ed, run.model(device), dataset, run.path) for run in found]
+    return [Target(run.name, run.ed, run.model(device), run.settings.dataset, run.path,
+                   run.settings.resize, run.metrics.get("dataset_sha256")) for run in found]
 
 
 def checkpoint_targets(paths: Sequence[Path | str], device: torch.device | str,
@@ -227,15 +232,20 @@ def corrupt_models(
 ) -> list[dict[str, Any]]:
     """The noise table of every target on its data set's test images (each set loaded once),
     saved into its folder; returns the records, each with its `folder`."""
-    test_sets: dict[str, torch.Tensor] = {}
+    test_sets: dict[tuple[str, bool], Any] = {}
+    for target in targets:  # every data set loaded and checked before anything is written
+        key = (target.dataset, target.resize)
+        if key not in test_sets:
+            test_sets[key] = load_dataset(target.dataset, data_dir, device, data_progress,
+                                          resize=target.resize).subset(train=0)
+        data = test_sets[key]
+        check_unchanged(data.name, data.checksum, target.dataset_sha256, f"run {target.name!r}")
     records = []
     for target in targets:
-        if target.dataset not in test_sets:
-            data = load_dataset(target.dataset, data_dir, device, data_progress)
-            test_sets[target.dataset] = data.test_images
         if on_target is not None:
             on_target(target)
-        record = corrupt_and_save(target.model, test_sets[target.dataset], noises, target.folder,
+        data = test_sets[(target.dataset, target.resize)]
+        record = corrupt_and_save(target.model, data.test_images, noises, target.folder,
                                   target.name, target.ed, seed=seed, batch_size=batch_size,
                                   examples=examples, on_row=on_row)
         records.append({**record, "folder": target.folder})

@@ -572,13 +572,14 @@ def load_dataset(
                       f"data set {source!r} (plugin {dataset.plugin})").to(device)
 
 
-def check_unchanged(data: ImageData, expected: str | None, trained: str) -> None:
-    """Refuse data whose sha256 differs from the one `trained` (e.g. "run 'ed4'") recorded."""
-    if expected and data.checksum != expected:
+def check_unchanged(name: str, checksum: str | None, expected: str | None,
+                    trained: str) -> None:
+    """Refuse data set `name` when its sha256 `checksum` differs from the one `trained` (e.g.
+    "run 'ed4'") recorded (`expected`); nothing to compare when either is None."""
+    if expected and checksum and checksum != expected:
         raise DataError(
-            f"The data set {data.name} has changed since {trained} was trained on it (sha256 "
-            f"{expected[:12]}..., now {data.checksum[:12]}...); restore that data or train "
-            "again."
+            f"The data set {name} has changed since {trained} was trained on it (sha256 "
+            f"{expected[:12]}..., now {checksum[:12]}...); restore that data or train again."
         )
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from aetool import runs
-from aetool.data import ImageData, ProgressFn, load_dataset, to_float
+from aetool.data import ImageData, ProgressFn, check_unchanged, load_dataset, to_float
 from aetool.errors import AetoolError
 from aetool.files import write_atomic
 
@@ -40,6 +40,8 @@ SILHOUETTE_SAMPLE = 5000  # silhouette costs O(n^2): score a seeded sample of th
 KNN_NEIGHBORS = 5
 KNN_FOLDS = 5
 PLOT_DPI = 90
+NO_LABELS = ("The data set has no labels: the latent plot has no colours and there are no "
+             "class scores.")
 
 
 def plot_name(method: str) -> str:
@@ -52,12 +54,12 @@ class Embedding:
 
     encoding_dim: int
     codes: np.ndarray  # (N, ED) float32, as the encoder outputs them
-    labels: np.ndarray  # (N,) int64 true classes
-    classes: tuple[str, ...]  # class names, indexed by label
+    labels: np.ndarray | None  # (N,) int64 true classes; None for a data set without labels
+    classes: tuple[str, ...] | None  # class names, indexed by label
     projections: dict[str, np.ndarray]  # method -> (N, 2), in the order asked for
     explained_variance: list[float]  # PCA's two explained-variance ratios (standardized codes)
-    silhouette: float  # on the standardized codes, by true label
-    knn_accuracy: float  # k-NN accuracy on the codes, cross-validated
+    silhouette: float | None  # on the standardized codes, by true label (None: no labels)
+    knn_accuracy: float | None  # k-NN accuracy on the codes, cross-validated
     projection_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # k, folds, sample size, seed
 
@@ -71,12 +73,14 @@ class Embedding:
             "ed": self.encoding_dim,
             "method": self.methods[0],
             "methods": self.methods,
-            "images": int(self.labels.shape[0]),
+            "images": int(self.codes.shape[0]),
+            "classes": list(self.classes) if self.classes is not None else None,
             "explained_variance": self.explained_variance,
             "silhouette": self.silhouette,
             "knn_accuracy": self.knn_accuracy,
             "projection_scores": self.projection_scores,
             **self.settings,
+            **({} if self.labels is not None else {"note": NO_LABELS}),
         }
 
 
@@ -197,7 +201,7 @@ def check_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
 def embed_model(
     model: torch.nn.Module,
     images: torch.Tensor,
-    labels: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | None,
     methods: list[str] | tuple[str, ...] = ("pca",),
     classes: tuple[str, ...] | None = None,
     *,
@@ -208,13 +212,15 @@ def embed_model(
     folds: int = KNN_FOLDS,
 ) -> Embedding:
     """Encode uint8 `images` with a bare `model` (an `Autoencoder` or anything with `.encode`),
-    project the codes and score how well `labels` separate. Saves nothing."""
+    project the codes and score how well `labels` separate (no scores when `labels` is None:
+    a data set without labels). Saves nothing."""
     methods = check_methods(methods)
-    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    labels = labels.astype(np.int64)
-    if labels.shape[0] != images.shape[0]:
-        raise AetoolError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
-    _check_labels(labels)
+    if labels is not None:
+        labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        labels = labels.astype(np.int64)
+        if labels.shape[0] != images.shape[0]:
+            raise AetoolError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
+        _check_labels(labels)
     codes = encode_images(model, images, batch_size)
     from sklearn.preprocessing import StandardScaler
 
@@ -223,37 +229,48 @@ def embed_model(
     projections: dict[str, np.ndarray] = {}
     for method in methods:
         projections[method] = pca if method == "pca" else tsne_projection(standardized, seed)
-    projection_scores = {
-        method: {
-            "silhouette": silhouette(points, labels, silhouette_sample, seed),
-            "knn_accuracy": knn_accuracy(points, labels, neighbors, folds, seed),
-        }
-        for method, points in projections.items()
-    }
-    names = classes or tuple(str(c) for c in range(int(labels.max()) + 1))
+    scores = _scores(codes, standardized, projections, labels, silhouette_sample, neighbors,
+                     folds, seed)
+    if labels is not None and classes is None:
+        classes = tuple(str(c) for c in range(int(labels.max()) + 1))
     return Embedding(
         encoding_dim=int(codes.shape[1]),
         codes=codes,
         labels=labels,
-        classes=tuple(names),
+        classes=tuple(classes) if classes is not None else None,
         projections=projections,
         explained_variance=ratios,
-        silhouette=silhouette(standardized, labels, silhouette_sample, seed),
-        knn_accuracy=knn_accuracy(codes, labels, neighbors, folds, seed),
-        projection_scores=projection_scores,
+        **scores,
         settings={
             "knn_neighbors": neighbors,
             "knn_folds": folds,
-            "silhouette_sample": min(silhouette_sample or labels.size, int(labels.size)),
+            "silhouette_sample": min(silhouette_sample or codes.shape[0], int(codes.shape[0])),
             "seed": seed,
         },
     )
 
 
+def _scores(codes: np.ndarray, standardized: np.ndarray, projections: dict[str, np.ndarray],
+            labels: np.ndarray | None, sample: int, neighbors: int, folds: int,
+            seed: int) -> dict[str, Any]:
+    """Silhouette and k-NN accuracy of the codes and of each projection (None: no labels)."""
+    if labels is None:
+        return {"silhouette": None, "knn_accuracy": None, "projection_scores": {}}
+    return {
+        "silhouette": silhouette(standardized, labels, sample, seed),
+        "knn_accuracy": knn_accuracy(codes, labels, neighbors, folds, seed),
+        "projection_scores": {
+            method: {"silhouette": silhouette(points, labels, sample, seed),
+                     "knn_accuracy": knn_accuracy(points, labels, neighbors, folds, seed)}
+            for method, points in projections.items()
+        },
+    }
+
+
 def scatter_png(
     projection: np.ndarray,
-    labels: np.ndarray,
-    classes: tuple[str, ...],
+    labels: np.ndarray | None,
+    classes: tuple[str, ...] | None,
     title: str,
     axis_label: str = "component",
     seed: int = 0,
@@ -266,22 +283,27 @@ def scatter_png(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    present = np.unique(labels)
-    cmap = colormaps["tab10" if present.max(initial=0) < 10 else "tab20"]
-    order = np.random.default_rng(seed).permutation(labels.size)  # no class hides the others
     fig = Figure(figsize=(6.6, 5.0), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter(projection[order, 0], projection[order, 1], c=cmap(labels[order] % cmap.N),
-               s=4, alpha=0.6, linewidths=0, rasterized=True)
-    digits = classes == tuple(str(d) for d in range(10))
-    handles = [
-        Line2D([], [], marker="o", linestyle="", color=cmap(c % cmap.N), markersize=6,
-               label=classes[c] if c < len(classes) else str(c))
-        for c in present
-    ]
-    ax.legend(handles=handles, title="digit" if digits else "class", loc="center left",
-              bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
+    if labels is None:  # a data set without labels: one colour, no legend
+        ax.scatter(projection[:, 0], projection[:, 1], color="tab:blue", s=4, alpha=0.5,
+                   linewidths=0, rasterized=True)
+    else:
+        present = np.unique(labels)
+        cmap = colormaps["tab10" if present.max(initial=0) < 10 else "tab20"]
+        order = np.random.default_rng(seed).permutation(labels.size)  # no class hides another
+        ax.scatter(projection[order, 0], projection[order, 1], c=cmap(labels[order] % cmap.N),
+                   s=4, alpha=0.6, linewidths=0, rasterized=True)
+        classes = classes or ()
+        digits = classes == tuple(str(d) for d in range(10))
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=cmap(c % cmap.N), markersize=6,
+                   label=classes[c] if c < len(classes) else str(c))
+            for c in present
+        ]
+        ax.legend(handles=handles, title="digit" if digits else "class", loc="center left",
+                  bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(f"{axis_label} 1")
     ax.set_ylabel(f"{axis_label} 2")
@@ -313,8 +335,10 @@ def save_embedding(embedding: Embedding, folder: Path | str, name: str | None = 
 def _save_embedding(embedding: Embedding, folder: Path, name: str,
                     extra: dict[str, Any] | None) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"codes": embedding.codes, "labels": embedding.labels,
+    arrays = {"codes": embedding.codes,
               "projection": embedding.projections[embedding.methods[0]]}
+    if embedding.labels is not None:
+        arrays["labels"] = embedding.labels
     arrays.update({f"projection_{m}": p for m, p in embedding.projections.items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -389,14 +413,20 @@ def embed_runs(
     """Embed and save every run with the data set it was trained on (unless `dataset`), each
     set loaded once; returns the summaries, each with the run folder's `path`."""
     methods = check_methods(list(methods))
-    loaded: dict[str, ImageData] = {}
+    loaded: dict[tuple[str, bool], ImageData] = {}
+    for run in found:  # every data set loaded and checked before anything is written
+        key = (dataset, False) if dataset else (run.settings.dataset, run.settings.resize)
+        if key not in loaded:
+            loaded[key] = load_dataset(key[0], data_dir, device, data_progress,
+                                       resize=key[1]).subset(train=0)
+        if not dataset:
+            check_unchanged(loaded[key].name, loaded[key].checksum,
+                            run.metrics.get("dataset_sha256"), f"run {run.name!r}")
     summaries = []
     for run in found:
         if on_run is not None:
             on_run(run)
-        name = dataset or run.settings.dataset
-        if name not in loaded:
-            loaded[name] = load_dataset(name, data_dir, device, data_progress)
-        _, summary = embed_run(run, loaded[name], methods, device, seed=seed)
+        key = (dataset, False) if dataset else (run.settings.dataset, run.settings.resize)
+        _, summary = embed_run(run, loaded[key], methods, device, seed=seed)
         summaries.append({**summary, "path": str(run.path)})
     return summaries

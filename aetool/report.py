@@ -412,6 +412,9 @@ def _latent_section(found: list[runs.Run]) -> list[dict[str, Any]]:
             "knn_folds": summary.get("knn_folds"),
             "images_count": summary.get("images"),
             "images": images,
+            "dataset": summary.get("dataset") or run.config.get("dataset"),
+            "classes": [str(c) for c in summary.get("classes") or []],
+            "note": summary.get("note"),
         })
     return entries
 

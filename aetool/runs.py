@@ -227,12 +227,14 @@ class RunLock:
         self.path = self.root / f".{name}.lock"
         self.what = what or f"Run {name!r}"
         self.wait = wait  # seconds to wait for a holder to finish before giving up
+        self._made: list[Path] = []  # folders the lock created, removed again if left empty
 
     def acquire(self) -> RunLock:
         key = self.path.absolute()
         if key in _held:
             _held[key][1] += 1
             return self
+        self._made = [p for p in (self.root, *self.root.parents) if not p.exists()]
         self.root.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait
         while True:
@@ -277,6 +279,11 @@ class RunLock:
             del _held[key]
             self.path.unlink(missing_ok=True)  # while still locked: no one else can hold it
             os.close(entry[0])
+            for folder in self._made:  # a workspace made for a command that wrote nothing
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or not ours to remove): it stays
+                    break
 
     def __enter__(self) -> RunLock:
         return self.acquire()

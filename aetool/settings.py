@@ -35,7 +35,8 @@ class FitConfig:
     split_seed: int = 0  # seed of the train/validation split
     seed: int = 0  # seed of initialisation, shuffling and noise
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dataset: str = "mnist"  # mnist | fashion-mnist
+    dataset: str = "mnist"  # a registered data set, or the resolved path of one on disk
+    resize: bool = False  # resize an image folder's images to 28x28 (else refused)
     noise: str | None = None  # train a denoising autoencoder on this noise (NAME:param=value)
     preset: str = "report"  # the preset the other values started from
     time_budget: float | None = None  # seconds (--time): max_epochs was chosen to fit them

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from aetool import __version__, budget, runs
-from aetool.data import ProgressFn, Split, dataset_spec, load_dataset, split_train_val
+from aetool.data import (
+    ProgressFn,
+    Split,
+    check_dataset,
+    check_unchanged,
+    load_dataset,
+    split_train_val,
+)
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.fast import make_train_epoch, resolve_mode
@@ -135,6 +142,7 @@ class _Training:
     best_epoch: int = 0
     elapsed: float = 0.0
     mode: str = "eager"  # how the epochs ran (aetool.fast), for the metrics
+    dataset_sha256: str | None = None  # of the data it trains on, kept for --resume to check
 
     def state(self, config: FitConfig) -> dict[str, Any]:
         """Everything `--resume` needs, as tensors and plain values only."""
@@ -148,6 +156,7 @@ class _Training:
             "best_epoch": self.best_epoch,
             "seconds": self.elapsed,
             "config": asdict(config),
+            "dataset_sha256": self.dataset_sha256,
         }
 
     def restore(self, state: dict[str, Any], source: Path) -> None:
@@ -164,6 +173,12 @@ class _Training:
                            f"{runs.CONFIG}; it cannot be resumed.") from None
 
 
+def _with_resolved_dataset(config: FitConfig) -> FitConfig:
+    """The settings with the data set as a registered name or an absolute path (what
+    config.json records), after checking it exists and that `resize` suits it."""
+    return replace(config, dataset=check_dataset(config.dataset, config.resize))
+
+
 def _start(config: FitConfig, device: torch.device) -> _Training:
     torch.manual_seed(config.seed)
     model = Autoencoder(config.ed).to(device)
@@ -175,11 +190,11 @@ def _start(config: FitConfig, device: torch.device) -> _Training:
 def _load_split(config: FitConfig, split: Split | None, data_dir: Path | str | None,
                 device: torch.device, progress: ProgressFn | None) -> tuple[Split, str | None]:
     if split is not None:  # data already in memory (tests pass small slices)
-        return Split(*(t.to(device) for t in (
+        return Split(*(None if t is None else t.to(device) for t in (
             split.train, split.val, split.test,
             split.train_labels, split.val_labels, split.test_labels,
         ))), None
-    data = load_dataset(config.dataset, data_dir, device, progress)
+    data = load_dataset(config.dataset, data_dir, device, progress, resize=config.resize)
     return split_train_val(data, config.val_size, config.split_seed), data.checksum
 
 
@@ -258,6 +273,9 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
     t = _start(config, device)
     if state is not None:
         t.restore(state, source or Path(runs.STATE))
+        check_unchanged(config.dataset, checksum, state.get("dataset_sha256"),
+                        f"run {(source or Path(runs.STATE)).parent.name!r}")
+    t.dataset_sha256 = checksum
     stopped_early = _run_epochs(config, t, split, writer, noise, device, mode, on_epoch)
     # Final figures come from the best weights, on the untouched test set.
     best = writer.best_weights()
@@ -315,7 +333,7 @@ def fit(
     mode = resolve_mode(mode, device)
     noise = noise if noise is not None else _resolve_noise(config.noise)
     if split is None:
-        dataset_spec(config.dataset)
+        config = _with_resolved_dataset(config)
     if resume and replace:
         raise SettingError("replace", "resume and replace exclude each other.")
     if run_dir is None:

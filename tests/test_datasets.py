@@ -236,10 +236,10 @@ def test_a_registered_name_wins_and_a_path_resolves(tmp_path, monkeypatch):
 def test_a_changed_data_set_is_refused(tmp_path):
     before = load_dataset(str(write_npz(tmp_path / "d.npz")))
     after = load_dataset(str(write_npz(tmp_path / "d.npz", n_train=301)))
-    check_unchanged(after, after.checksum, "run 'x'")
-    check_unchanged(after, None, "run 'x'")
+    check_unchanged(after.name, after.checksum, after.checksum, "run 'x'")
+    check_unchanged(after.name, after.checksum, None, "run 'x'")
     with pytest.raises(DataError, match=r"d.npz has changed since run 'x' was trained on it"):
-        check_unchanged(after, before.checksum, "run 'x'")
+        check_unchanged(after.name, after.checksum, before.checksum, "run 'x'")
 
 
 # --------------------------------------------------------------------------- bad paths

@@ -26,7 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from aetool.data import DATASETS
+from aetool.data import check_dataset
 from aetool.errors import AetoolError, SettingError
 from aetool.settings import PRESETS
 
@@ -62,10 +62,30 @@ def one_of(choices: Any, what: str) -> Callable[[Any], Any]:
 
 
 preset_choice = one_of(PRESETS, "preset")
-DATASET_CHOICES = ", ".join(DATASETS)
-dataset_choice = one_of(DATASETS, "data set")
+DATASET_HELP = ("A registered data set (`aetool datasets` lists them), or the path of an image "
+                "folder, an .npz file or a folder of IDX files.")
+
+
+def dataset_choice(value: str | None) -> str | None:
+    """A Typer callback accepting a registered data set's name or the path of one (made
+    absolute); anything else exits 2. Plugin warnings are printed once, on stderr."""
+    if value is None:
+        return None
+    from aetool.plugins import PluginWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        try:
+            value = check_dataset(value)
+        except SettingError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    for warning in caught:
+        warn(str(warning.message))
+    return value
+
+
 DatasetOption = Annotated[
-    str, typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice)
+    str, typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice)
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print machine-readable results on stdout.")
@@ -161,9 +181,11 @@ def handle_errors(func: F) -> F:
             previous = None
         try:
             with warnings.catch_warnings():
+                from aetool.data_files import DataWarning
                 from aetool.runs import RunWarning
 
                 warnings.simplefilter("always", RunWarning)
+                warnings.simplefilter("always", DataWarning)
                 warnings.showwarning = _show_warning
                 return func(*args, **kwargs)
         except SettingError as exc:

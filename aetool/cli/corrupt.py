@@ -16,7 +16,7 @@ from rich.table import Table
 from aetool import runs
 from aetool.cli.app import app
 from aetool.cli.common import (
-    DATASET_CHOICES,
+    DATASET_HELP,
     DataDirOption,
     DeviceOption,
     JsonOption,
@@ -78,7 +78,7 @@ def corrupt(
     device: DeviceOption = "auto",
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice,
+        typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice,
                      show_default="the one each run was trained on; mnist for --checkpoint"),
     ] = None,
     data_dir: DataDirOption = None,

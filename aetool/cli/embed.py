@@ -12,7 +12,7 @@ from rich.table import Table
 from aetool import runs
 from aetool.cli.app import app
 from aetool.cli.common import (
-    DATASET_CHOICES,
+    DATASET_HELP,
     DataDirOption,
     DeviceOption,
     JsonOption,
@@ -23,6 +23,7 @@ from aetool.cli.common import (
     one_of,
     print_json,
     stderr,
+    warn,
 )
 from aetool.cli.longrun import (
     LogEveryOption,
@@ -57,7 +58,7 @@ def embed(
     device: DeviceOption = "auto",
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help=f"One of: {DATASET_CHOICES}.", callback=dataset_choice,
+        typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice,
                      show_default="the dataset each run was trained on"),
     ] = None,
     data_dir: DataDirOption = None,
@@ -83,6 +84,8 @@ def embed(
                                data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
                                data_progress=data_progress)
         task.update(completed=len(picked))
+    for note in dict.fromkeys(s["note"] for s in summaries if s.get("note")):
+        warn(note)  # once: a data set without labels gets a plot without colours, no scores
     if json_output:
         print_json(summaries)
     else:
@@ -101,8 +104,10 @@ def summary_table(summaries: list[dict]) -> Table:
         first, second = s["explained_variance"]
         flat = s["projection_scores"].get("pca", {}).get("knn_accuracy")
         table.add_row(
-            escape(s["run"]), str(s["ed"]), f"{first:.1%} + {second:.1%}", f"{s['silhouette']:.3f}",
-            f"{s['knn_accuracy']:.1%}", "-" if flat is None else f"{flat:.1%}",
+            escape(s["run"]), str(s["ed"]), f"{first:.1%} + {second:.1%}",
+            "-" if s["silhouette"] is None else f"{s['silhouette']:.3f}",
+            "-" if s["knn_accuracy"] is None else f"{s['knn_accuracy']:.1%}",
+            "-" if flat is None else f"{flat:.1%}",
         )
     table.caption = (f"silhouette on standardized codes by true class (-1..1); "
                      f"{summaries[0]['knn_neighbors']}-NN accuracy, "

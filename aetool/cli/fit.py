@@ -130,6 +130,10 @@ def fit(
     ] = False,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
+    resize: Annotated[
+        bool, typer.Option("--resize", help="Resize an image folder's images to 28x28 "
+                           "(Pillow's Lanczos filter) instead of refusing other sizes.")
+    ] = False,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
     threads: ThreadsOption = None,
@@ -155,7 +159,7 @@ def fit(
             max_epochs=max_epochs or (MAX_EPOCHS if time is not None else None),
             time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
-            val_size=val_size,
+            val_size=val_size, resize=resize,
         )
     existing = "resume" if resume else "replace" if force else "refuse"
     with Progress(quiet=quiet, interval=log_every) as progress:
