@@ -128,6 +128,11 @@ class GridStudy:
         self.storage = storage
         self.name = config.study_name or config.default_study_name()
         space = config.search_space()
+        try:  # an existing study is checked before anything is written to its storage
+            saved = storage.get_study_user_attrs(storage.get_study_id_from_name(self.name))
+            self._check_protocol(saved.get(PROTOCOL_ATTR), protocol)
+        except KeyError:  # no such study yet
+            pass
         study = optuna.create_study(
             storage=storage, study_name=self.name, direction="minimize", load_if_exists=True,
             sampler=optuna.samplers.GridSampler(space, seed=config.seed),
@@ -136,13 +141,7 @@ class GridStudy:
         saved = study.user_attrs.get(PROTOCOL_ATTR)
         if saved is None:
             study.set_user_attr(PROTOCOL_ATTR, protocol)
-        elif saved != json.loads(json.dumps(protocol)):
-            differ = sorted(k for k in set(saved) | set(protocol)
-                            if saved.get(k) != protocol.get(k))
-            raise RunError(
-                f"The study {self.name!r} was started with other settings ({', '.join(differ)} "
-                "differ); use the same options, or another --study-name."
-            )
+        self._check_protocol(saved, protocol)
         self.distributions = {
             k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()
         }
@@ -152,6 +151,23 @@ class GridStudy:
         self.in_flight: dict[int, GridPoint] = {}
         self.numbers: dict[int, int] = {}  # trial id -> trial number, for the trials made here
         self._lock = threading.Lock()
+
+    def _check_protocol(self, saved: dict[str, Any] | None, protocol: dict[str, Any]) -> None:
+        """Refuse to continue a study started with other settings (or on data that changed)."""
+        if saved is None or saved == json.loads(json.dumps(protocol)):
+            return
+        differ = sorted(k for k in set(saved) | set(protocol) if saved.get(k) != protocol.get(k))
+        if "dataset_sha256" in differ and "dataset" not in differ:
+            raise RunError(
+                f"The data set {protocol.get('dataset')} has changed since the search "
+                f"{self.name!r} started on it (sha256 {str(saved.get('dataset_sha256'))[:12]}..., "
+                f"now {str(protocol.get('dataset_sha256'))[:12]}...); restore that data, or search "
+                "it under another --study-name."
+            )
+        raise RunError(
+            f"The study {self.name!r} was started with other settings ({', '.join(differ)} "
+            "differ); use the same options, or another --study-name."
+        )
 
     @staticmethod
     def _grid_ids(space: dict[str, list[Any]], seed: int) -> dict[GridPoint, int]:

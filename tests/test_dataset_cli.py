@@ -212,3 +212,28 @@ def test_the_npz_example_in_the_readme_works(tmp_path, monkeypatch):
 
     loaded = load_dataset(str(npz))
     assert loaded.train_images.shape[1:] == (1, 28, 28)
+
+
+def test_search_on_a_path_and_a_changed_file_refused(tmp_path):
+    path, ws = write_npz(tmp_path / "d.npz"), tmp_path / "ws"
+    args = ["search", "--dataset", path, "--ed", "2", "--lr", "0.01", "--weight-decay", "0",
+            "--folds", "2", "--epochs", "1", "--val-size", "50", "--device", "cpu",
+            "--runs", ws, "--json"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    write_npz(path, n_train=301)
+    before = tree(ws)
+    again = invoke(*args)
+    assert again.exit_code == 1, again.output
+    assert f"The data set {path.resolve()} has changed since the search 'aetool-search-d.npz-" \
+        in again.output
+    assert tree(ws) == before
+
+
+def test_study_takes_a_path(tmp_path):
+    from aetool.study import StudySettings
+
+    path = write_npz(tmp_path / "d.npz")
+    StudySettings(eds=[2], dataset=str(path), skip_search=True).validate()
+    said = invoke("study", "--dataset", tmp_path / "nowhere.npz", "--runs", tmp_path / "ws")
+    assert said.exit_code == 2 and "nowhere.npz does not exist" in said.output
