@@ -148,7 +148,8 @@ class SearchConfig:
 
     def default_study_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
-        return f"aetool-search-{self.dataset}-{digest[:12]}"
+        label = Path(self.dataset).name  # a path's last part; a registered name as it is
+        return f"aetool-search-{label}-{digest[:12]}"
 
     def fit_config(self, point: GridPoint, device: str) -> FitConfig:
         """The settings `fit` would train this grid point with (no early stopping)."""

@@ -51,7 +51,7 @@ class StudySettings:
 
     def validate(self) -> None:
         """Check the options of every stage before the first one starts (`SettingError`)."""
-        from aetool.data import dataset_spec
+        from aetool.data import check_dataset
         from aetool.devices import resolve_device
         from aetool.embed import check_methods
         from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
@@ -65,7 +65,7 @@ class StudySettings:
                           device=self.device, dataset=self.dataset, val_size=self.val_size)
         if not self.skip_search:
             self.search_config().validate()
-        dataset_spec(self.dataset)
+        check_dataset(self.dataset)
         resolve_device(self.device)
         try:
             parse_noise_specs(self.noises or list(DEFAULT_NOISE_SPECS))
