@@ -29,6 +29,7 @@ from aetool.corrupt import NOISE_TABLE
 from aetool.embed import EMBEDDING_JSON
 from aetool.errors import AetoolError
 from aetool.files import write_atomic
+from aetool.report_budget import budget_plot, budget_points
 from aetool.search import results_path
 
 TEMPLATE = "report.html.j2"
@@ -44,6 +45,7 @@ SECTIONS = {
     "loss": "Loss per epoch",
     "search": "Hyper-parameter search",
     "test-mse": "Test MSE per encoding dimension",
+    "time-budget": "Test MSE against training time",
     "noise": "Reconstruction under noise",
     "latent": "Latent space",
     "environment": "Environment",
@@ -465,6 +467,7 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
                     "dataset_sha256": r.metrics.get("dataset_sha256")}
                    for r in found if isinstance(r.metrics.get("environment"), dict)]
     latent = _latent_section(found)
+    budget = budget_points(finished)  # runs trained with `fit --time`
     data = {
         "root": str(root),
         "runs": [_settings_row(r) for r in found],
@@ -481,11 +484,14 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
         "latent_best_silhouette": _best_of(latent, "silhouette"),
         "latent_best_knn_2d": _best_of(latent, "knn_accuracy_2d"),
         "environment": environment,
+        "time_budget": {"points": budget, "plot": png_data_uri(budget_plot(budget, PLOT_DPI))}
+        if budget else None,
     }
     present = {
         "runs": bool(data["runs"] or unreadable), "loss": bool(data["loss_plot"]),
         "search": bool(search),
-        "test-mse": bool(test_mse), "noise": bool(data["noise"]), "latent": bool(latent),
+        "test-mse": bool(test_mse), "time-budget": bool(budget),
+        "noise": bool(data["noise"]), "latent": bool(latent),
         "environment": bool(environment),
     }
     data["sections"] = [{"id": key, "title": SECTIONS[key]} for key in SECTIONS if present[key]]

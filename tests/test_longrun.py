@@ -274,3 +274,23 @@ def test_study_with_a_time_budget_fits_to_its_share(fake_data_dir, workspace, mo
     # 4 batches of 128 an epoch (one 1 s chunk after the warm-up) + 1 s validation = 2 s;
     # 6 s measuring, 2 s test: (36 - 8) x 0.9 / 2 = 12.6
     assert config["max_epochs"] == 12
+
+
+def test_report_shows_test_mse_against_the_time_budget(fake_data_dir, workspace, monkeypatch):
+    from aetool import budget
+    from aetool.report import collect_report, render_report
+    from aetool.training import fit_run, run_config
+
+    monkeypatch.setattr(budget, "clock", TickingClock())
+    for seconds, name in ((20.0, "ed2-time-20s"), (24.0, "ed2-time-24s")):
+        fit_run(run_config(ed=2, batch_size=100, val_size=100, device="cpu",
+                           time_budget=seconds, max_epochs=budget.MAX_EPOCHS),
+                workspace, name, data_dir=fake_data_dir)
+    data = collect_report(workspace)
+    assert "time-budget" in [s["id"] for s in data["sections"]]
+    points = data["time_budget"]["points"]
+    assert [(p["name"], p["epochs"]) for p in points] == [("ed2-time-20s", 5),
+                                                          ("ed2-time-24s", 7)]
+    assert data["time_budget"]["plot"].startswith("data:image/png;base64,")
+    html = render_report(workspace, data)
+    assert "Test MSE against training time" in html and "ed2-time-24s" in html
