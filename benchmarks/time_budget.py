@@ -3,7 +3,8 @@
 Each budget runs as its own `aetool fit` process (so start-up is measured too), one after the
 other, in a scratch workspace. For each it records the wall time of the whole command, the
 epochs `--time` chose, the measured epoch estimate, the training seconds and the test MSE,
-beside the report's checkpoint for the same ED (the line the curve is compared with):
+beside the report's checkpoint for the same ED (the line the curve is compared with), and
+draws that curve into a PNG beside the JSON file:
 
     python benchmarks/time_budget.py --times 2m 5m 15m --threads 1 --results benchmarks/results
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from record import save_result
 
-REPORT_TEST_MSE = {4: 0.02696, 8: 0.01608, 16: 0.00962, 32: 0.00813}  # the report's checkpoints
+from aetool.report_budget import REPORT_CHECKPOINT_MSE, budget_plot
 
 
 def one_budget(budget: str, ed: int, threads: int, workspace: Path) -> dict:
@@ -64,8 +65,17 @@ def main() -> None:
         rows.append(row)
         print(f"--time {budget}: {row['epochs']} epochs, wall {row['wall_seconds']} s, "
               f"test MSE {row['test_mse']:.5f}", flush=True)
-    results = {"ed": args.ed, "report_test_mse": REPORT_TEST_MSE.get(args.ed), "rows": rows}
-    save_result("time_budget", "time_budget.py", results, args.results, "cpu")
+    results = {"ed": args.ed, "report_test_mse": REPORT_CHECKPOINT_MSE.get(args.ed),
+               "rows": rows}
+    path = save_result("time_budget", "time_budget.py", results, args.results, "cpu")
+    if path is not None:  # the README's figure, beside the numbers it shows
+        path.with_suffix(".png").write_bytes(plot(rows, args.ed))
+
+
+def plot(rows: list[dict], ed: int) -> bytes:
+    """Test MSE against the budget (minutes), with the report's checkpoint, as PNG bytes."""
+    return budget_plot([{"ed": ed, "minutes": r["budget_seconds"] / 60,
+                         "test_mse": r["test_mse"], "dataset": "mnist"} for r in rows], dpi=100)
 
 
 if __name__ == "__main__":
