@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import types
 import warnings
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
@@ -308,3 +309,42 @@ def test_a_bad_data_set_is_one_sentence_naming_the_file(kind, tmp_path):
     with pytest.raises(error, match=message) as caught:
         load_dataset(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_kmnist_and_emnist_are_fetched_with_torchvision_s_downloader(tmp_path, monkeypatch):
+    """The downloads are faked: each one writes what torchvision's would (KMNIST's four files
+    unpacked; EMNIST's zip unpacked into gzip/), and aetool reads and tidies the rest."""
+    import torchvision.datasets.utils as tv
+
+    images, labels = fake_images(30, 1)
+    calls = []
+
+    def fake_download(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append((url, md5))
+        raw = Path(download_root)
+        if "kmnist" in url:
+            kind = "images" if "images" in filename else "labels"
+            (raw / filename.removesuffix(".gz")).write_bytes(idx_bytes(
+                images if kind == "images" else labels, kind))
+            return
+        (raw / "gzip.zip").write_bytes(b"zip")
+        (raw / "gzip").mkdir()
+        for split in ("balanced", "letters", "byclass"):
+            for part in ("train", "test"):
+                for kind, t, dims in (("images", images, 3), ("labels", labels + 1, 1)):
+                    name = f"emnist-{split}-{part}-{kind}-idx{dims}-ubyte.gz"
+                    (raw / "gzip" / name).write_bytes(gzip.compress(idx_bytes(t, kind)))
+
+    monkeypatch.setattr(tv, "download_and_extract_archive", fake_download)
+    kmnist = load_dataset("kmnist", tmp_path)
+    assert kmnist.train_images.shape == (30, 1, 28, 28) and len(calls) == 4
+    assert all(md5 for _, md5 in calls) and calls[0][0].startswith("http://codh.rois.ac.jp/")
+    letters = load_dataset("emnist-letters", tmp_path)
+    assert letters.classes[int(letters.train_labels[0])] != "N/A"
+    raw = tmp_path / "EMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        f"emnist-{s}-{part}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+        for s in ("balanced", "letters") for part in ("train", "test")
+        for kind in ("images", "labels"))
+    load_dataset("emnist", tmp_path)
+    assert len(calls) == 5  # one zip for both EMNIST sets
