@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import socket
 import threading
@@ -64,7 +65,7 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("redis"):
             return optuna.storages.JournalStorage(JournalRedisBackend(url))
-        return optuna.storages.RDBStorage(database_url(url))
+        return _rdb_storage(database_url(url))
     except ImportError as exc:
         hint = (" (pip install 'aetool[postgres]')" if database_url(url) != url
                 or url.startswith("postgresql+psycopg:") else "")
@@ -73,6 +74,23 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
     except Exception as exc:  # sqlalchemy and drivers raise many types for a bad URL or server
         raise AetoolError(f"Cannot open the storage {hide_password(url)}: "
                           f"{first_line(exc)}") from None
+
+
+def _rdb_storage(url: str, tries: int = 4) -> Any:
+    """Optuna's RDBStorage. Workers started together on a fresh database all create its
+    tables, and PostgreSQL lets one `CREATE TABLE` win and fails the others (a unique
+    violation, or "already exists"): those try again after a moment, and find the tables."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def database_url(url: str) -> str:

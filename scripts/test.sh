@@ -46,8 +46,8 @@ as_postgres() {
   # private mount namespace whose root holds the system's folders and a two-line passwd file.
   if [ "$(id -u)" != 0 ]; then
     "$@"
-  elif id postgres >/dev/null 2>&1; then
-    runuser -u postgres -- "$@"
+  elif id postgres >/dev/null 2>&1; then   # setpriv, not runuser/su: no PAM needed
+    setpriv --reuid="$(id -u postgres)" --regid="$(id -g postgres)" --clear-groups "$@"
   else
     local r="$PG_TMP/root" d
     unshare --mount --propagation private sh -c '
@@ -81,7 +81,9 @@ start_postgres() {
     || pg_fail "the server did not start: $(tail -n 2 "$PG_TMP/data/server.log" 2>/dev/null | tr '\n' ' ')" || return 1
   PG_PID=$(head -n 1 "$PG_TMP/data/postmaster.pid")
   export AETOOL_TEST_POSTGRES="postgresql://aetool@127.0.0.1:$port/postgres"
-  echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') for the tests at $AETOOL_TEST_POSTGRES" >&2
+  local version
+  version=$("$bin/postgres" --version) && version=${version#*) } && version=${version%% *}
+  echo "PostgreSQL $version for the tests at $AETOOL_TEST_POSTGRES" >&2
 }
 trap stop_postgres EXIT
 if ! start_postgres; then
