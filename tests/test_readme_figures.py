@@ -204,3 +204,64 @@ def test_accuracy_figures_are_the_checkpoints_and_the_targets(real_mnist, seed_c
             checked.add(f"{row['test_mse']:.5f}")
             checked.add(f"{100 * row['improvement_vs_report']:.1f}")
     assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def test_cpu_install_figures_match_the_committed_results():
+    """The sizes in "Without a GPU" (issue 15) come from benchmarks/install_size.py."""
+    text = section("### Without a GPU: PyTorch's CPU build", "## Commands")
+    result = cited(text, "install_size-")
+    cuda, cpu = result["results"]["venvs"]["cuda"], result["results"]["venvs"]["cpu"]
+    (wheel,) = result["results"]["wheels"].values()
+    flat = " ".join(text.split())
+    assert f"{cuda['total_mb']:,} MB installed for torch {cuda['torch']}" in flat
+    assert f"torch {cpu['torch']} installs in {cpu['total_mb']:,} MB (a {wheel['mb']} MB wheel)" \
+        in flat
+    saved = f"{(cuda['total_mb'] - cpu['total_mb']) / 1024:.1f}"
+    assert f"about {saved} GB" in flat
+    assert unaccounted(text, {saved}) == [], "figures without a result file behind them"
+
+
+def test_time_budget_figures_match_the_committed_results():
+    """Test MSE against `fit --time` (issue 15) comes from benchmarks/time_budget.py, and the
+    report's checkpoint line is the same figure as the accuracy table's."""
+    from aetool.report_budget import REPORT_CHECKPOINT_MSE
+
+    accuracy = load_benchmark("accuracy")
+    for ed, mse in REPORT_CHECKPOINT_MSE.items():
+        assert f"{mse:.5f}" == f"{accuracy.REPORT_TEST_MSE[ed]:.5f}"
+    text = section("### Training to a time budget", "### The run folder")
+    if "benchmarks/results/time_budget-" not in text:
+        assert unaccounted(text, set()) == []
+        return
+    result = cited(text, "time_budget-")
+    env, numbers = result["environment"], result["results"]
+    flat = " ".join(text.split())
+    for word in cpu_words(env)[:1]:
+        assert word in flat, f"{word!r}: say which CPU measured it"
+    checked = {f"{numbers['report_test_mse']:.5f}"}
+    rows = table_rows(text, "| `--time` |")
+    assert len(rows) == len(numbers["rows"])
+    for cells, row in zip(rows, numbers["rows"], strict=True):
+        budget, epochs, wall, mse = cells[:4]
+        assert budget == f"`{row['budget']}`" and epochs == str(row["epochs"])
+        assert wall == f"{row['wall_seconds']:.1f}" and mse == f"{row['test_mse']:.5f}"
+        checked.update({wall, mse})
+    png = re.search(r"benchmarks/results/(time_budget-[\w.-]+\.png)", text)
+    assert png and (RESULTS / png.group(1)).is_file()
+    assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def test_search_workers_figures_match_the_committed_results():
+    """`search --workers 2 --threads 1` against one worker with 2 threads (issue 15)."""
+    text = section("`tests/test_postgres.py` runs this recipe", "Without a database")
+    if "benchmarks/results/search_workers-" not in text:
+        assert unaccounted(text, set()) == []
+        return
+    result = cited(text, "search_workers-")
+    best = result["results"]["best"]
+    flat = " ".join(text.split())
+    two, one = f"{best['2x1']:.1f}", f"{best['1x2']:.1f}"
+    assert f"{two} s with `--workers 2 --threads 1`" in flat
+    assert f"{one} s for one worker with `--threads 2`" in flat
+    assert cpu_words(result["environment"])[0] in flat
+    assert unaccounted(text, {two, one}) == [], "figures without a result file behind them"
