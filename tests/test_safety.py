@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +55,25 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def small_args(data_dir: Path) -> list[str]:
     return ["--max-epochs", "1", "--batch-size", "100", "--val-size", "100", "--device", "cpu",
             "--data-dir", str(data_dir)]
+
+
+@pytest.fixture(autouse=True)
+def deletes_only_inside(tmp_path, monkeypatch):
+    """A safety net for these tests themselves: they hand aetool names like `/` and `..`
+    with `--force`, so a regression must fail the test, not delete the machine. Every
+    `shutil.rmtree` in this process (the CLI runs in-process) is refused outside `tmp_path`.
+    (A run of these tests against the code before this issue was fixed, without this net,
+    deleted /etc of the machine it ran on.)"""
+    real = shutil.rmtree
+    inside = tmp_path.resolve()
+
+    def guarded(path, *args, **kwargs):
+        target = Path(path).resolve()
+        if target != inside and inside not in target.parents:
+            raise AssertionError(f"aetool tried to delete {target}, outside the test's folder")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", guarded)
 
 
 @pytest.fixture()
@@ -196,22 +217,23 @@ def test_two_fits_on_one_name_one_trains_the_other_is_refused(sandbox, fake_data
     env = _env(workspace, fake_data_dir)
     base = [sys.executable, "-m", "aetool", "fit", "--name", "same", "--batch-size", "20",
             "--val-size", "100", "--device", "cpu", "--preset", "report", "--patience", "0"]
-    first = subprocess.Popen([*base, "--ed", "4", "--max-epochs", "6", "--json"], env=env,
+    first = subprocess.Popen([*base, "--ed", "4", "--max-epochs", "500"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lock = workspace / ".same.lock"
-    deadline = time.time() + 60
-    while not lock.exists() and first.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert lock.exists(), first.communicate()[1].decode()
+    lock, history = workspace / ".same.lock", workspace / "same" / runs.HISTORY
+    deadline = time.time() + 120
+    while not history.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # the first one is training (an epoch is saved) and holds the lock
+    assert history.exists() and lock.exists(), first.communicate()[1].decode()
     second = subprocess.run([*base, "--ed", "8", "--max-epochs", "1"], env=env,
                             capture_output=True, text=True, timeout=120)
-    out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err.decode()
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err.decode()  # stopped by us, not by the second one
     assert second.returncode == 1, second.stderr
     assert f"in use by process {first.pid}" in second.stderr
     assert "Traceback" not in second.stderr
-    saved = runs.open_run(workspace / "same")
-    assert saved.ed == 4 and json.loads(out)["ed"] == 4
+    saved = json.loads((workspace / "same" / runs.CONFIG).read_text())
+    assert saved["ed"] == 4 and len(json.loads(history.read_text())) >= 1
     assert not lock.exists()
 
 
