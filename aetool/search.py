@@ -91,6 +91,7 @@ class SearchConfig:
     batch_size: int = 1000  # fit's default, so the chosen lr suits the training that uses it
     seed: int = 0  # seeds the folds, the initial weights and the batch order
     dataset: str = "mnist"
+    resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
     limit: int | None = None  # use only the first N training images (tests, demos)
     val_size: int = 10_000  # fit's validation images, left out of the search
     max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
@@ -144,7 +145,8 @@ class SearchConfig:
         """What decides the results: two searches with the same protocol share a study."""
         return {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
                 "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
-                "limit": self.limit, "val_size": self.val_size}
+                "limit": self.limit, "val_size": self.val_size,
+                **({"resize": True} if self.resize else {})}  # old studies keep their names
 
     def default_study_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
@@ -156,7 +158,8 @@ class SearchConfig:
         return FitConfig(
             ed=point.ed, lr=point.lr, weight_decay=point.weight_decay,
             batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
-            device=device, dataset=self.dataset, val_size=self.val_size, preset="search",
+            device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
+            preset="search",
         )
 
 
@@ -174,7 +177,8 @@ def search_images(
     progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, str]:
     """The images the search cross-validates on, and the data set's checksum."""
-    data = load_dataset(config.dataset, data_dir, device, progress)
+    data = load_dataset(config.dataset, data_dir, device, progress,
+                        resize=config.resize)
     train = split_train_val(data, config.val_size, 0).train
     if config.limit is not None:
         train = train[: config.limit]

@@ -43,6 +43,7 @@ class StudySettings:
     seed: int = 0
     device: str = "auto"
     dataset: str = "mnist"
+    resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
     val_size: int = 10_000
     time_budget: float | None = None  # seconds for the whole study (--time); see split_time
     fit_seconds: float | None = None  # each new fit's time budget, set by run_study
@@ -65,7 +66,7 @@ class StudySettings:
                           device=self.device, dataset=self.dataset, val_size=self.val_size)
         if not self.skip_search:
             self.search_config().validate()
-        check_dataset(self.dataset)
+        check_dataset(self.dataset, self.resize)
         resolve_device(self.device)
         try:
             parse_noise_specs(self.noises or list(DEFAULT_NOISE_SPECS))
@@ -81,7 +82,7 @@ class StudySettings:
 
         return SearchConfig(
             eds=self.eds, lrs=self.lrs, weight_decays=self.weight_decays, folds=self.folds,
-            epochs=self.search_epochs, seed=self.seed, dataset=self.dataset,
+            epochs=self.search_epochs, seed=self.seed, dataset=self.dataset, resize=self.resize,
             val_size=self.val_size, limit=self.search_limit, device=self.device,
             max_loss=self.max_loss,
         )
@@ -130,7 +131,8 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
                 settings.preset, runs_root=root, from_search=not settings.skip_search, ed=ed,
                 max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
                 time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
-                dataset=settings.dataset, val_size=settings.val_size,
+                dataset=settings.dataset, resize=settings.resize,
+                val_size=settings.val_size,
             )
 
         def on_epoch(record: Any, cfg: Any, i: int = i, name: str = name,

@@ -237,3 +237,22 @@ def test_study_takes_a_path(tmp_path):
     StudySettings(eds=[2], dataset=str(path), skip_search=True).validate()
     said = invoke("study", "--dataset", tmp_path / "nowhere.npz", "--runs", tmp_path / "ws")
     assert said.exit_code == 2 and "nowhere.npz does not exist" in said.output
+
+
+def test_search_and_study_take_resize_and_pass_it_on(tmp_path):
+    from aetool.cli.search import worker_command
+    from aetool.search import SearchConfig
+    from aetool.study import StudySettings
+
+    path, ws = write_image_folder(tmp_path / "big", 60, 20, size=32), tmp_path / "ws"
+    said = invoke("search", "--dataset", path, "--resize", "--ed", "2", "--lr", "0.01",
+                  "--weight-decay", "0", "--folds", "2", "--epochs", "1", "--val-size", "20",
+                  "--device", "cpu", "--runs", ws)
+    assert said.exit_code == 0, said.output
+    config = SearchConfig(dataset=str(path), resize=True)
+    assert config.protocol()["resize"] is True and "resize" not in SearchConfig().protocol()
+    assert config.fit_config(config.grid()[0], "cpu").resize is True
+    assert "--resize" in worker_command(config, ws, None, None)
+    assert StudySettings(dataset=str(path), resize=True).search_config().resize is True
+    refused = invoke("study", "--dataset", "mnist", "--resize", "--runs", tmp_path / "ws2")
+    assert refused.exit_code == 2 and "'--resize'" in refused.output

@@ -87,6 +87,10 @@ def dataset_choice(value: str | None) -> str | None:
 DatasetOption = Annotated[
     str, typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice)
 ]
+ResizeOption = Annotated[
+    bool, typer.Option("--resize", help="Resize an image folder's images to 28x28 (Pillow's "
+                       "Lanczos filter) instead of refusing other sizes.")
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print machine-readable results on stdout.")
 ]

@@ -19,6 +19,7 @@ from aetool.cli.common import (
     DatasetOption,
     DeviceOption,
     JsonOption,
+    ResizeOption,
     RunsOption,
     at_least,
     download_progress,
@@ -119,6 +120,7 @@ def search(
     ] = 1,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
+    resize: ResizeOption = False,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
     threads: ThreadsOption = None,
@@ -132,6 +134,7 @@ def search(
         eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
         weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
         folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
+        resize=resize,
         limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
         device=device, parallel=None if parallel == "auto" else int(parallel),
         storage=storage, study_name=study_name,
@@ -187,7 +190,7 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
     ):
         if value is not None:
             args += [option, str(value) if not isinstance(value, float) else repr(value)]
-    return args
+    return args + (["--resize"] if config.resize else [])
 
 
 def start_workers(config: SearchConfig, root: Path, data_dir: Path | None, count: int,

@@ -15,6 +15,7 @@ from aetool.cli.common import (
     DatasetOption,
     DeviceOption,
     JsonOption,
+    ResizeOption,
     RunsOption,
     handle_errors,
     one_of,
@@ -90,6 +91,7 @@ def study(
     ] = 10_000,
     device: DeviceOption = "auto",
     dataset: DatasetOption = "mnist",
+    resize: ResizeOption = False,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
     threads: ThreadsOption = None,
@@ -113,6 +115,7 @@ def study(
         search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs,
         noises=noise, time_budget=time,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
+        resize=resize,
         val_size=val_size, skip_search=skip_search,
     )
     use_threads(threads)
