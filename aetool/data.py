@@ -440,7 +440,8 @@ def ensure_dataset(
 
 def load_spec(spec: DatasetSpec, root: Path | str | None = None,
               progress: ProgressFn | None = None) -> DatasetArrays:
-    """A built-in IDX set's four files, fetched if needed and checked (counts, labels)."""
+    """A built-in IDX set's four files, fetched if needed (a download's counts are checked)
+    and read with the IDX checks: header against size, 28x28 images, labels in range."""
     raw = ensure_dataset(spec.name, root, progress)
     tensors = {}
     for (split, kind), filename in spec.files.items():

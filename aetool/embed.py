@@ -13,6 +13,7 @@ claim like "ED=4 separates the digits better than ED=32" can be checked, not onl
 
 `embed_run` does this for a run folder and saves `embedding.npz` (codes, labels, projection),
 one scatter plot per method (`latent_pca.png`, `latent_tsne.png`) and `embedding.json` there.
+A data set without labels is plotted in one colour, without scores, and its summary says so.
 """
 
 from __future__ import annotations
