@@ -417,8 +417,15 @@ def _latent_section(found: list[runs.Run]) -> list[dict[str, Any]]:
             "dataset": summary.get("dataset") or run.config.get("dataset"),
             "classes": [str(c) for c in summary.get("classes") or []],
             "note": summary.get("note"),
+            "other_data": _other_data(summary.get("dataset_sha256"), run),
         })
     return entries
+
+
+def _other_data(sha256: Any, run: runs.Run) -> bool:
+    """Whether a result was computed on other data than its run was trained on."""
+    trained = run.metrics.get("dataset_sha256")
+    return bool(sha256 and trained and sha256 != trained)
 
 
 def _best_of(entries: list[dict[str, Any]], key: str) -> dict[str, Any] | None:

@@ -256,3 +256,14 @@ def test_search_and_study_take_resize_and_pass_it_on(tmp_path):
     assert StudySettings(dataset=str(path), resize=True).search_config().resize is True
     refused = invoke("study", "--dataset", "mnist", "--resize", "--runs", tmp_path / "ws2")
     assert refused.exit_code == 2 and "'--resize'" in refused.output
+
+
+def test_the_report_flags_a_latent_plot_made_from_other_data(tmp_path):
+    first, second = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", n_test=80)
+    ws = tmp_path / "ws"
+    assert invoke("fit", "--dataset", first, *SMALL, "--runs", ws).exit_code == 0
+    assert invoke("embed", "--dataset", second, "--device", "cpu", "--runs", ws).exit_code == 0
+    assert invoke("report", "--runs", ws).exit_code == 0
+    html = " ".join((ws / runs.REPORT_FILE).read_text().split())
+    assert f"Data set {second.resolve()}" in html
+    assert "Computed on other data than the run was trained on" in html
