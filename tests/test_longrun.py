@@ -294,3 +294,29 @@ def test_report_shows_test_mse_against_the_time_budget(fake_data_dir, workspace,
     assert data["time_budget"]["plot"].startswith("data:image/png;base64,")
     html = render_report(workspace, data)
     assert "Test MSE against training time" in html and "ed2-time-24s" in html
+
+
+def test_fit_warns_when_epochs_run_slower_than_measured(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from aetool.cli import fit as fit_cli
+    from aetool.settings import FitConfig
+    from aetool.training import EpochRecord
+
+    clock, lines = FakeClock(), []
+    config = FitConfig(ed=4, max_epochs=6, time_budget=60.0)  # measured: 10 s an epoch
+
+    def slow_fit_run(config, runs_root, name, *, on_epoch, **options):
+        history = []
+        for epoch in range(1, 7):
+            clock.now += 20  # twice as slow as measured: a busier machine
+            history.append(EpochRecord(epoch, 0.05, 0.05, 0.01, 20.0))
+            on_epoch(history[-1], config)
+        return SimpleNamespace(history=history)
+
+    monkeypatch.setattr(fit_cli, "fit_run", slow_fit_run)
+    progress = Progress(live=False, interval=0, write=lines.append, clock=clock)
+    fit_cli.train_with_progress(config, Path("runs"), "ed4", "refuse", progress=progress)
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "slower than measured" in warning and "about 2m, not 1m" in warning
+    assert warning.count("Warning") == 1

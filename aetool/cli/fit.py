@@ -24,6 +24,7 @@ from aetool.cli.common import (
     preset_choice,
     print_json,
     stderr,
+    warn,
 )
 from aetool.cli.longrun import (
     LogEveryOption,
@@ -181,6 +182,7 @@ def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing:
     before it is the first line."""
     progress = progress or Progress()
     task = None
+    late: list[float] = []  # warned once that the run will overrun its time budget
 
     def on_epoch(record, cfg) -> None:
         nonlocal task
@@ -193,6 +195,13 @@ def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing:
                                 elapsed=record.seconds)
         task.update(completed=record.epoch,
                     status=f"train {record.train_loss:.5f} val {record.val_loss:.5f}")
+        if cfg.time_budget is not None and task.base == 0 and record.epoch >= 3 and not late:
+            expected = task.elapsed() + (task.eta() or 0.0)
+            if expected > 1.1 * cfg.time_budget:
+                late.append(expected)
+                warn(f"Epochs run slower than measured before the start (a busier machine?): "
+                     f"this run will take about {duration_text(expected)}, not "
+                     f"{duration_text(cfg.time_budget)}.")
 
     with download_progress() as data_progress:
         result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
