@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+import torch
 from record import save_result
 
 GRID = ["--ed", "4", "--lr", "1e-2", "--lr", "1e-3", "--weight-decay", "1e-5",
@@ -52,7 +53,8 @@ def main() -> None:
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
     results = {"grid": GRID, "models": 4 * 3, "epochs": 5, "seconds": runs,
                "best": {k: min(v) for k, v in runs.items()}}
-    save_result("search_workers", "search_workers.py", results, args.results, "cpu")
+    save_result("search_workers", "search_workers.py", results, args.results,
+                torch.device("cpu"))
 
 
 if __name__ == "__main__":

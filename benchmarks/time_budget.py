@@ -7,6 +7,9 @@ beside the report's checkpoint for the same ED (the line the curve is compared w
 draws that curve into a PNG beside the JSON file:
 
     python benchmarks/time_budget.py --times 2m 5m 15m --threads 1 --results benchmarks/results
+
+With `--collect-wall`, nothing is trained: the rows are read from the run folders an earlier
+call left in `--workspace`, with the wall times it printed (its file could not be saved).
 """
 
 from __future__ import annotations
@@ -20,33 +23,44 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from record import save_result
 
 from aetool.report_budget import REPORT_CHECKPOINT_MSE, budget_plot
 
 
 def one_budget(budget: str, ed: int, threads: int, workspace: Path) -> dict:
-    name = f"ed{ed}-time-{budget}"
     cmd = [sys.executable, "-m", "aetool", "fit", "--ed", str(ed), "--time", budget,
            "--threads", str(threads), "--device", "cpu", "--runs", str(workspace),
-           "--name", name, "--force", "--json", "--log-every", "60"]
+           "--name", run_name(ed, budget), "--force", "--json", "--log-every", "60"]
     tic = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - tic
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    summary = json.loads(done.stdout)
-    metrics = json.loads((workspace / name / "metrics.json").read_text())
+    return budget_row(budget, ed, workspace, wall, done.stderr)
+
+
+def run_name(ed: int, budget: str) -> str:
+    return f"ed{ed}-time-{budget}"
+
+
+def budget_row(budget: str, ed: int, workspace: Path, wall: float, stderr: str | None) -> dict:
+    """One budget's figures, read from its run folder."""
+    folder = workspace / run_name(ed, budget)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    history = json.loads((folder / "history.json").read_text())
     plan = metrics["time_budget"]
     return {
         "budget": budget, "budget_seconds": plan["budget"], "wall_seconds": round(wall, 1),
         "within_budget": wall <= plan["budget"], "max_epochs": plan["max_epochs"],
-        "epochs": summary["epochs"], "epoch_seconds_estimate": round(plan["epoch_seconds"], 3),
+        "epochs": metrics["epochs"], "epoch_seconds_estimate": round(plan["epoch_seconds"], 3),
         "seconds_per_epoch": round(metrics["seconds_per_epoch"], 3),
+        "epoch_seconds": [round(r["seconds"], 2) for r in history],
         "measure_seconds": round(plan["measure_seconds"], 2),
-        "train_seconds": round(metrics["train_seconds"], 1), "test_mse": summary["test_mse"],
-        "best_epoch": summary["best_epoch"], "threads": metrics["environment"]["threads"],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()], "stderr": done.stderr,
+        "train_seconds": round(metrics["train_seconds"], 1), "test_mse": metrics["test_mse"],
+        "best_epoch": metrics["best_epoch"], "threads": metrics["environment"]["threads"],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()], "stderr": stderr,
     }
 
 
@@ -57,17 +71,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workspace", type=Path, default=None)
     parser.add_argument("--results", default=None, help="folder for the JSON result file")
+    parser.add_argument("--collect-wall", nargs="+", type=float, default=None,
+                        help="do not train: read the runs already in --workspace, with these "
+                        "wall times (seconds, one per --times) as an earlier run printed them")
     args = parser.parse_args()
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="aetool-time-"))
     rows = []
-    for budget in args.times:
-        row = one_budget(budget, args.ed, args.threads, workspace)
+    for i, budget in enumerate(args.times):
+        if args.collect_wall:
+            row = budget_row(budget, args.ed, workspace, args.collect_wall[i], None)
+        else:
+            row = one_budget(budget, args.ed, args.threads, workspace)
         rows.append(row)
         print(f"--time {budget}: {row['epochs']} epochs, wall {row['wall_seconds']} s, "
               f"test MSE {row['test_mse']:.5f}", flush=True)
     results = {"ed": args.ed, "report_test_mse": REPORT_CHECKPOINT_MSE.get(args.ed),
-               "rows": rows}
-    path = save_result("time_budget", "time_budget.py", results, args.results, "cpu")
+               "rows": rows, "collected_from_workspace": bool(args.collect_wall)}
+    path = save_result("time_budget", "time_budget.py", results, args.results,
+                       torch.device("cpu"))
     if path is not None:  # the README's figure, beside the numbers it shows
         path.with_suffix(".png").write_bytes(plot(rows, args.ed))
 
