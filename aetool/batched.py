@@ -9,13 +9,18 @@ rate and weight decay in one vectorised Adam step (`BatchedAdam`, the arithmetic
 
 Each model keeps exactly the semantics of `aetool.training`'s loop, which `train_sequential`
 runs one model at a time as the reference: the same initial weights (`torch.manual_seed(seed)`
-then `Autoencoder(ed)`, as `fit` does), its own shuffling generator drawing
+then the run's model, as `fit` does), its own shuffling generator drawing
 `torch.randperm(n)` once per epoch, batches of `batch_size` images with a shorter last batch,
 the epoch's training loss as the image-weighted mean of the batch losses, and the validation
 loss of `evaluate`. Models whose training sets differ in size (cross-validation folds differ
 by one image) are padded to a common length with zero-weight images; a model with nothing
 left in a step skips it (its Adam state and step count stay as they are). So the batched path
 reproduces the sequential one up to floating-point rounding; `tests/test_batched.py` checks it.
+
+Any registered model can be batched whose forward pass `torch.func.functional_call` and
+`vmap` can vectorise (no data-dependent Python control flow, no `.item()`). `train_models`
+tries one batched step of the model first; a model that cannot be batched is trained one at
+a time, with a warning that says why.
 
 Everything runs on whichever device holds the images (CPU, CUDA or MPS).
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,8 +38,8 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from aetool.data import to_float
-from aetool.errors import AetoolError
-from aetool.model import Autoencoder
+from aetool.errors import AetoolError, first_line
+from aetool.models import build_model
 from aetool.settings import FitConfig, learning_rate
 from aetool.steps import evaluate, train_epoch
 
@@ -66,10 +72,10 @@ class Curves:
     seconds: float = 0.0
 
 
-def initial_model(config: FitConfig, device: torch.device | str) -> Autoencoder:
-    """The weights `training.fit` starts from for these settings."""
+def initial_model(config: FitConfig, device: torch.device | str) -> torch.nn.Module:
+    """The weights `training.fit` starts from for these settings (any registered model)."""
     torch.manual_seed(config.seed)
-    return Autoencoder(config.ed).to(device)
+    return build_model(config.model, config.ed, device)
 
 
 # --------------------------------------------------------------------------- the reference
@@ -193,12 +199,10 @@ def _padded(indices: list[torch.Tensor], length: int) -> tuple[torch.Tensor, tor
 def _check_jobs(jobs: Sequence[TrainJob]) -> None:
     if not jobs:
         raise AetoolError("There are no models to train.")
-    eds = {job.config.ed for job in jobs}
-    batch_sizes = {job.config.batch_size for job in jobs}
-    if len(eds) > 1 or len(batch_sizes) > 1:
-        raise AetoolError(
-            "Models trained together must share the encoding dimension and the batch size."
-        )
+    shapes = {(job.config.ed, job.config.model, job.config.batch_size) for job in jobs}
+    if len(shapes) > 1:
+        raise AetoolError("Models trained together must share the encoding dimension, the "
+                          "model and the batch size.")
     if any(job.train_index.numel() == 0 or job.val_index.numel() == 0 for job in jobs):
         raise AetoolError("Every model needs at least one training and one validation image.")
 
@@ -318,7 +322,32 @@ def train_models(
     epochs: int,
     progress: ProgressFn | None = None,
 ) -> list[Curves]:
-    """The batched path for several models, the plain loop for one."""
+    """The batched path for several models (when their model can be batched), the plain loop
+    for one."""
     if len(jobs) == 1:
         return train_sequential(jobs, images, epochs, progress)
+    reason = unbatchable(jobs[0].config, images.device)
+    if reason is not None:
+        warnings.warn(f"Model {jobs[0].config.model!r} cannot be trained batched ({reason}); "
+                      "training one model at a time.", RuntimeWarning, stacklevel=2)
+        return train_sequential(jobs, images, epochs, progress)
     return train_batched(jobs, images, epochs, progress)
+
+
+def unbatchable(config: FitConfig, device: torch.device | str) -> str | None:
+    """Why models of `config.model` cannot be trained with vmap, or None when they can: one
+    vmapped forward and backward of two copies on two blank images is tried."""
+    model = initial_model(config, device)
+    params, buffers = stack_module_state([model, copy.deepcopy(model)])
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    skeleton = copy.deepcopy(model).to("meta")
+    clean = torch.zeros(2, 2, 1, 28, 28, device=device)
+
+    def loss(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return (functional_call(skeleton, (p, b), (x,)) - x).square().mean()
+
+    try:
+        vmap(loss)(params, buffers, clean).sum().backward()
+    except Exception as exc:  # noqa: BLE001 - whatever vmap refuses, the loop can still train
+        return f"{type(exc).__name__}: {first_line(exc)}"
+    return None

@@ -17,5 +17,10 @@ def register_noises(register):
 
 
 @hookspec
+def register_models(register):
+    """Register architectures by calling `register(Model(...))` once for each model."""
+
+
+@hookspec
 def register_datasets(register):
     """Register data sets by calling `register(Dataset(...))` once for each data set."""

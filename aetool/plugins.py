@@ -28,6 +28,8 @@ DEFAULT_PLUGINS = (
     "aetool.default_plugins.mnist",
     "aetool.default_plugins.kmnist",
     "aetool.default_plugins.emnist",
+    "aetool.default_plugins.course",
+    "aetool.default_plugins.wide",
 )
 ENTRY_POINT_GROUP = "aetool"
 NO_ENTRYPOINTS_ENV = "AETOOL_NO_ENTRYPOINTS"

@@ -244,7 +244,26 @@ def _positive(value: Any) -> float | None:
 
 
 def _run_label(run: runs.Run) -> str:
-    return f"ED={run.ed}" if run.name == f"ed{run.ed}" else f"ED={run.ed} ({run.name})"
+    """`ED=4`, with the model when it is not the course one and the name when not `ed4`."""
+    label = f"ED={run.ed}"
+    model = str(run.config.get("model") or "course").split(":")[0]
+    if model != "course":
+        label += f" {model}"
+    return label if run.name == f"ed{run.ed}" else f"{label} ({run.name})"
+
+
+def _parameters(run: runs.Run) -> int | None:
+    """The run's number of weights: from metrics.json, or counted in its model when the run
+    predates that figure."""
+    count = run.metrics.get("parameters")
+    if isinstance(count, int):
+        return count
+    from aetool.models import build_model, count_parameters
+
+    try:
+        return count_parameters(build_model(run.config.get("model"), run.ed))
+    except AetoolError:
+        return None
 
 
 def _settings_row(run: runs.Run) -> dict[str, Any]:
@@ -253,6 +272,8 @@ def _settings_row(run: runs.Run) -> dict[str, Any]:
     return {
         "name": run.name,
         "ed": run.ed,
+        "model": c.get("model") or "course",
+        "parameters": _parameters(run),
         "dataset": c.get("dataset"),
         "preset": c.get("preset"),
         "lr": c.get("lr"),

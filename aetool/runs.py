@@ -458,10 +458,11 @@ class Run:
             raise RunError(f"{path} must hold a JSON list of epochs.")
         return history
 
-    def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201
-        from aetool.model import load_model
+    def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201 (nn.Module)
+        """The run's best weights in its own architecture (`config.json`'s model), eval mode."""
+        from aetool.models import load_weights
 
-        return load_model(self.path / MODEL, self.ed, device)
+        return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
 
     def lock(self) -> RunLock:
         return RunLock(self.path.parent, self.name)

@@ -37,7 +37,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from aetool.batched import Curves, TrainJob, train_models
 from aetool.data import ProgressFn, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
 from aetool.errors import AetoolError, RunError, SettingError
+from aetool.models import parse_model_spec
 from aetool.search_study import (
     SEARCH_DIR,
     GridPoint,
@@ -81,7 +82,7 @@ TrainHook = Callable[[list[TrainJob]], None]
 
 @dataclass
 class SearchConfig:
-    """Everything that decides a search. The fields up to `val_size` decide its results."""
+    """Everything that decides a search. The fields up to `model` decide its results."""
 
     eds: list[int] = field(default_factory=lambda: list(DEFAULT_EDS))
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
@@ -94,6 +95,7 @@ class SearchConfig:
     resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
     limit: int | None = None  # use only the first N training images (tests, demos)
     val_size: int = 10_000  # fit's validation images, left out of the search
+    model: str = "course"  # the architecture every grid point trains (`aetool models`)
     max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
     max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
     device: str = "auto"
@@ -143,10 +145,14 @@ class SearchConfig:
 
     def protocol(self) -> dict[str, Any]:
         """What decides the results: two searches with the same protocol share a study."""
-        return {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
-                "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
-                "limit": self.limit, "val_size": self.val_size,
-                **({"resize": True} if self.resize else {})}  # old studies keep their names
+        protocol = {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
+                    "limit": self.limit, "val_size": self.val_size}
+        if self.resize:  # studies without it keep the names they had
+            protocol["resize"] = True
+        if self.model != "course":  # studies of the course model keep the names they had
+            protocol["model"] = self.model
+        return protocol
 
     def default_study_name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
@@ -160,6 +166,7 @@ class SearchConfig:
             batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
             device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
             preset="search",
+            model=self.model,
         )
 
 
@@ -338,6 +345,9 @@ def run_search(
     `on_train` (a `TrainHook`) is called with every group of models this worker is about to
     train, after its claims on their grid points held."""
     config.validate()
+    spec = parse_model_spec(config.model)  # spelt out in full, and checked on a dummy batch
+    spec.build(config.eds[0])
+    config = replace(config, model=spec.spec)
     workspace = runs.Workspace(runs_root)
     device = resolve_device(config.device)
     images, checksum = search_images(config, data_dir, device, data_progress)
@@ -448,7 +458,7 @@ def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, An
         "seed": config.seed, "dataset": config.dataset, "val_size": config.val_size,
         "limit": config.limit, "train_images": protocol["train_images"],
         "max_loss": config.max_loss, "max_oscillation": config.max_oscillation,
-        "oscillation": OSCILLATION_DEFINITION,
+        "model": config.model, "oscillation": OSCILLATION_DEFINITION,
         "std": "population standard deviation over the folds",
     }
     return {
@@ -477,10 +487,16 @@ def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:
     return results
 
 
-def best_setting(runs_root: Path | str | None, ed: int) -> dict[str, float]:
-    """The lr and weight decay the last search chose for encoding dimension `ed`."""
+def best_setting(runs_root: Path | str | None, ed: int,
+                 model: str | None = None) -> dict[str, float]:
+    """The lr and weight decay the last search chose for encoding dimension `ed` (and, when
+    given, for the model spec `model`: a search of another architecture is refused)."""
     results = load_results(runs_root)
     path = results_path(runs_root)
+    searched = (results.get("grid") or {}).get("model", "course")
+    if model is not None and searched != model:
+        raise RunError(f"The search in {path} trained {searched!r}, not {model!r}; run "
+                       "`aetool search` with that model first.")
     entry = results["eds"].get(str(ed))
     if entry is None:
         raise RunError(

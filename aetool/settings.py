@@ -37,6 +37,7 @@ class FitConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dataset: str = "mnist"  # a registered data set, or the resolved path of one on disk
     resize: bool = False  # resize an image folder's images to 28x28 (else refused)
+    model: str = "course"  # the architecture, a spec like wide:width=16 (see `aetool models`)
     noise: str | None = None  # train a denoising autoencoder on this noise (NAME:param=value)
     preset: str = "report"  # the preset the other values started from
     time_budget: float | None = None  # seconds (--time): max_epochs was chosen to fit them

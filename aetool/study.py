@@ -49,12 +49,14 @@ class StudySettings:
     fit_seconds: float | None = None  # each new fit's time budget, set by run_study
     search_limit: int | None = None  # use only the first N training images in the search
     skip_search: bool = False  # fit with the preset's lr and wd instead of searching
+    model: str = "course"  # the architecture of the search and of every fit (`aetool models`)
 
     def validate(self) -> None:
         """Check the options of every stage before the first one starts (`SettingError`)."""
         from aetool.data import check_dataset
         from aetool.devices import resolve_device
         from aetool.embed import check_methods
+        from aetool.models import parse_model_spec
         from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
 
         if not self.eds:
@@ -64,6 +66,7 @@ class StudySettings:
         for ed in self.eds:  # the fit stage's settings, for every ED
             preset_config(self.preset, ed=ed, max_epochs=self.max_epochs, seed=self.seed,
                           device=self.device, dataset=self.dataset, val_size=self.val_size)
+            parse_model_spec(self.model).build(ed)  # the model keeps its contract at this ED
         if not self.skip_search:
             self.search_config().validate()
         check_dataset(self.dataset, self.resize)
@@ -84,7 +87,7 @@ class StudySettings:
             eds=self.eds, lrs=self.lrs, weight_decays=self.weight_decays, folds=self.folds,
             epochs=self.search_epochs, seed=self.seed, dataset=self.dataset, resize=self.resize,
             val_size=self.val_size, limit=self.search_limit, device=self.device,
-            max_loss=self.max_loss,
+            max_loss=self.max_loss, model=self.model,
         )
 
 
@@ -132,7 +135,7 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
                 max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
                 time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
                 dataset=settings.dataset, resize=settings.resize,
-                val_size=settings.val_size,
+                val_size=settings.val_size, model=settings.model,
             )
 
         def on_epoch(record: Any, cfg: Any, i: int = i, name: str = name,

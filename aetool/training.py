@@ -31,7 +31,7 @@ from aetool.data import (
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.fast import make_train_epoch, resolve_mode
-from aetool.model import Autoencoder
+from aetool.models import build_model, count_parameters, parse_model_spec
 from aetool.settings import (  # noqa: F401 (re-exported: settings used to live here)
     DEFAULT_PRESET,
     PRESETS,
@@ -173,6 +173,15 @@ class _Training:
                            f"{runs.CONFIG}; it cannot be resumed.") from None
 
 
+def _with_checked_model(config: FitConfig) -> FitConfig:
+    """The settings with the model spelt out in full (every parameter, as config.json records
+    it), after building it once on a dummy batch (`models.check_contract`), so a bad spec or a
+    plugin that breaks the contract stops the fit before any data is read."""
+    spec = parse_model_spec(config.model)
+    spec.build(config.ed)
+    return replace(config, model=spec.spec)
+
+
 def _with_resolved_dataset(config: FitConfig) -> FitConfig:
     """The settings with the data set as a registered name or an absolute path (what
     config.json records), after checking it exists and that `resize` suits it."""
@@ -181,7 +190,7 @@ def _with_resolved_dataset(config: FitConfig) -> FitConfig:
 
 def _start(config: FitConfig, device: torch.device) -> _Training:
     torch.manual_seed(config.seed)
-    model = Autoencoder(config.ed).to(device)
+    model = build_model(config.model, config.ed, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return _Training(model, optimizer, torch.Generator().manual_seed(config.seed),
                      make_generator(device, config.seed + 1))
@@ -295,6 +304,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "val_images": int(split.val.shape[0]),
         "test_images": int(split.test.shape[0]),
         "dataset_sha256": checksum,
+        "parameters": count_parameters(t.model),
         "environment": _environment(device, t.mode),
         "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
@@ -329,6 +339,7 @@ def fit(
     Every setting is checked before anything is read or written (`SettingError`).
     """
     config.validate()
+    config = _with_checked_model(config)
     device = resolve_device(config.device)
     mode = resolve_mode(mode, device)
     noise = noise if noise is not None else _resolve_noise(config.noise)
@@ -404,14 +415,16 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
                from_search: bool = False, **overrides: Any) -> FitConfig:
     """The settings of a new run: the preset's, then (with `from_search`) the learning rate and
     weight decay `aetool search` chose for this ED in the workspace, then every override that
-    is not None."""
+    is not None; the model spelt out with every parameter."""
     if from_search:
         from aetool.search import best_setting  # optuna loads only when needed
 
-        best = best_setting(runs_root, overrides.get("ed") or FitConfig.ed)
+        model = parse_model_spec(overrides.get("model")).spec
+        best = best_setting(runs_root, overrides.get("ed") or FitConfig.ed, model)
         chosen = {k: v for k, v in overrides.items() if v is not None}
         overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen}
-    return preset_config(preset, **overrides)
+    config = preset_config(preset, **overrides)
+    return replace(config, model=parse_model_spec(config.model).spec)
 
 
 def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:

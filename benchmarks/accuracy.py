@@ -41,6 +41,9 @@ from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not 
 REPORT_TEST_MSE = {4: 0.02696, 8: 0.01608, 16: 0.00962, 32: 0.00813}
 # The issue's targets: 10% below the report.
 TARGET_TEST_MSE = {4: 0.0243, 8: 0.0145, 16: 0.0087, 32: 0.0073}
+# For a model other than the course one (issue 13: "beats the course model by a quarter");
+# ED 16 and 32 keep the course targets.
+MODEL_TARGET_TEST_MSE = {**TARGET_TEST_MSE, 4: 0.0200, 8: 0.0110}
 DEFAULT_PRESET = "best"
 SETTINGS = (
     "lr", "weight_decay", "batch_size", "max_epochs", "schedule", "warmup_epochs", "patience",
@@ -52,8 +55,9 @@ def train_one(
     ed: int, preset: str, workspace: Path, overrides: dict, mode: str | None, every: int
 ) -> dict:
     """Fit (or reuse, or resume) the run for `ed` and return its row of the table."""
-    config = training.preset_config(preset, ed=ed, **overrides)
-    name = f"accuracy-{preset}-ed{ed}"
+    config = training.run_config(preset, ed=ed, **overrides)
+    model = str(overrides.get("model") or "course").split(":")[0]
+    name = f"accuracy-{preset}-ed{ed}" if model == "course" else f"accuracy-{preset}-{model}-ed{ed}"
     run_dir = workspace / name
     if (run_dir / runs.METRICS).exists():  # reused only when trained the same way
         differ = settings_differ(runs.open_run(run_dir).settings, config, ignore=("device",))
@@ -83,12 +87,15 @@ def train_one(
 def row(ed: int, config: training.FitConfig, metrics: dict, run_dir: Path) -> dict:
     test_mse = metrics["test_mse"]
     values = asdict(config)
+    targets = TARGET_TEST_MSE if config.model == "course" else MODEL_TARGET_TEST_MSE
     return {
         "ed": ed,
+        "model": config.model,
+        "parameters": metrics.get("parameters"),
         "report_test_mse": REPORT_TEST_MSE[ed],
-        "target_test_mse": TARGET_TEST_MSE[ed],
+        "target_test_mse": targets[ed],
         "test_mse": test_mse,
-        "passed": test_mse <= TARGET_TEST_MSE[ed],
+        "passed": test_mse <= targets[ed],
         "improvement_vs_report": 1 - test_mse / REPORT_TEST_MSE[ed],
         "settings": {k: values[k] for k in SETTINGS if k in values},
         "preset": config.preset,
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=None, help="override the preset")
     parser.add_argument("--warmup-epochs", type=int, default=None, help="override the preset")
     parser.add_argument("--seed", type=int, default=None, help="override the preset")
+    parser.add_argument("--model", default=None, help="the architecture (`aetool models`)")
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation images (default 10,000; for small data sets)")
     parser.add_argument("--every", type=int, default=25, help="log every N epochs")
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "max_epochs": args.max_epochs, "lr": args.lr,
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
         "schedule": args.schedule, "patience": args.patience, "seed": args.seed,
-        "warmup_epochs": args.warmup_epochs, "val_size": args.val_size,
+        "warmup_epochs": args.warmup_epochs, "val_size": args.val_size, "model": args.model,
     }
     tic = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aetool-accuracy-") as tmp:

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e plugins/aetool-saltpepper
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e plugins/aetool-saltpepper \
+    -e plugins/aetool-mlp
 # The driver for the PostgreSQL tests; without it they skip and say so.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[postgres]' \
   || echo "aetool[postgres] could not be installed; the PostgreSQL tests will skip" >&2

@@ -27,8 +27,8 @@ COMMANDS = readme_commands()
 
 
 def test_the_readme_table_lists_every_command():
-    assert COMMANDS == ["corrupt", "datasets", "embed", "fit", "noises", "report", "search",
-                        "study"]
+    assert COMMANDS == ["corrupt", "datasets", "embed", "fit", "models", "noises", "report",
+                        "search", "study"]
     assert sorted(typer.main.get_command(app).commands) == COMMANDS
 
 

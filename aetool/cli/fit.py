@@ -34,6 +34,7 @@ from aetool.cli.longrun import (
     duration,
     use_threads,
 )
+from aetool.cli.models import check_model_option
 from aetool.cli.noises import check_noise_option
 from aetool.fast import MODES
 from aetool.training import (
@@ -130,6 +131,11 @@ def fit(
                            "for debugging.")
     ] = False,
     device: DeviceOption = "auto",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="The architecture: NAME or NAME:param=value,... (see "
+                     "`aetool models`).", show_default="course", callback=check_model_option),
+    ] = None,
     dataset: DatasetOption = "mnist",
     resize: Annotated[
         bool, typer.Option("--resize", help="Resize an image folder's images to 28x28 "
@@ -152,7 +158,7 @@ def fit(
         raise typer.BadParameter("a resumed run keeps the length its --time chose",
                                  param_hint="--time")
     if resume:
-        config = resume_config(run_dir, max_epochs=max_epochs, device=device)
+        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model)
     else:
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
@@ -160,7 +166,7 @@ def fit(
             max_epochs=max_epochs or (MAX_EPOCHS if time is not None else None),
             time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
-            val_size=val_size, resize=resize,
+            val_size=val_size, resize=resize, model=model,
         )
     existing = "resume" if resume else "replace" if force else "refuse"
     with Progress(quiet=quiet, interval=log_every) as progress:

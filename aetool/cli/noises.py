@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
@@ -65,13 +66,18 @@ def noises_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("parameters (type = default)")
     table.add_column("description")
     for row in rows:
-        params = "\n".join(
-            f"{p['name']}: {'|'.join(p['choices']) if p['choices'] else p['type']}"
-            f" = {_show(p['default'])}" for p in row["params"]
-        )
         plugin = row["plugin"] + (f"\n({row['package']})" if row["package"] else "")
-        table.add_row(row["name"], plugin, params or "-", row["description"])
+        table.add_row(escape(row["name"]), escape(plugin), params_cell(row["params"]),
+                      escape(row["description"]))
     return table
+
+
+def params_cell(params: list[dict[str, Any]]) -> str:
+    """A plugin thing's parameters, one `name: type = default` a line (escaped for Rich)."""
+    return escape("\n".join(
+        f"{p['name']}: {'|'.join(p['choices']) if p['choices'] else p['type']}"
+        f" = {_show(p['default'])}" for p in params
+    )) or "-"
 
 
 def _show(value: Any) -> str:

@@ -36,6 +36,7 @@ from aetool.cli.longrun import (
     cpu_cores,
     use_threads,
 )
+from aetool.cli.models import ModelOption
 from aetool.devices import resolve_device
 from aetool.search import (
     DEFAULT_EDS,
@@ -119,6 +120,7 @@ def search(
                           callback=at_least(1))
     ] = 1,
     device: DeviceOption = "auto",
+    model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
     data_dir: DataDirOption = None,
@@ -136,6 +138,7 @@ def search(
         folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
         resize=resize,
         limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
+        model=model,
         device=device, parallel=None if parallel == "auto" else int(parallel),
         storage=storage, study_name=study_name,
     )
@@ -187,6 +190,7 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
         ("--parallel", config.parallel), ("--storage", config.storage),
         ("--study-name", config.study_name), ("--device", config.device),
         ("--dataset", config.dataset), ("--data-dir", data_dir), ("--threads", threads),
+        ("--model", config.model),
     ):
         if value is not None:
             args += [option, str(value) if not isinstance(value, float) else repr(value)]

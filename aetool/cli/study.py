@@ -31,6 +31,7 @@ from aetool.cli.longrun import (
     duration,
     use_threads,
 )
+from aetool.cli.models import ModelOption
 from aetool.embed import METHODS
 from aetool.study import STAGES, StudySettings, run_study
 from aetool.training import DEFAULT_PRESET
@@ -90,6 +91,7 @@ def study(
         int, typer.Option(help="Training images held out for validation.")
     ] = 10_000,
     device: DeviceOption = "auto",
+    model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
     data_dir: DataDirOption = None,
@@ -116,7 +118,7 @@ def study(
         noises=noise, time_budget=time,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         resize=resize,
-        val_size=val_size, skip_search=skip_search,
+        val_size=val_size, skip_search=skip_search, model=model,
     )
     use_threads(threads)
     with Progress(quiet=quiet, interval=log_every) as progress:
