@@ -106,3 +106,20 @@ def assert_result_file(folder: Path, prefix: str, script: str, args: list[str], 
     assert env["cpu"]["model"] and env["torch_threads"] >= 1
     if Path("/proc/cpuinfo").is_file():
         assert env["cpu"]["flags"] and all(" " not in f for f in env["cpu"]["flags"])
+
+
+def test_model_speed_times_every_model_in_one_process(fake_data_dir, capsys, tmp_path):
+    model_speed = load_script("model_speed")
+    args = ["--model", "course", "--model", "wide:width=8,hidden=64", "--epochs", "2",
+            "--threads", "1",
+            "--device", "cpu", "--data-dir", str(fake_data_dir), "--val-size", "100",
+            "--batch-size", "100", "--json", "--results", str(tmp_path)]
+    assert model_speed.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in result["rows"]] == ["course", "wide:width=8,hidden=64,groups=8"]
+    assert result["train_images"] == 500 and result["threads"] == 1
+    for row in result["rows"]:
+        assert len(row["seconds"]) == 2 and row["median_seconds"] > 0
+    assert result["rows"][0]["ratio"] == 1.0
+    assert result["rows"][1]["parameters"] > result["rows"][0]["parameters"]
+    assert_result_file(tmp_path, "model_speed-", "model_speed.py", args, result)
