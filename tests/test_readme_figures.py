@@ -198,12 +198,54 @@ def test_accuracy_figures_are_the_checkpoints_and_the_targets(real_mnist, seed_c
             checked.update({report, target.removeprefix("<= ")})
     finally:
         torch.set_num_threads(threads)
-    if re.search(r"benchmarks/results/accuracy-[\w.-]+\.json", text):
-        result = cited(text, "accuracy-")
-        for row in result["results"]["rows"]:
-            checked.add(f"{row['test_mse']:.5f}")
-            checked.add(f"{100 * row['improvement_vs_report']:.1f}")
+    checked.update(accuracy_rows(text))
+    checked.update(model_speed(text))
     assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def cited_files(markdown: str, prefix: str) -> list[dict]:
+    """Every result file named `prefix*.json` the section cites (each must be committed)."""
+    names = sorted(set(re.findall(rf"benchmarks/results/({re.escape(prefix)}[\w.-]*\.json)",
+                                  markdown)))
+    return [cited(f"benchmarks/results/{name}", prefix) for name in names]
+
+
+def accuracy_rows(text: str) -> set[str]:
+    """The table of shorter runs: each row's epochs, test MSE, gain and target are its file's."""
+    checked: set[str] = set()
+    accuracy = load_benchmark("accuracy")
+    for line in text.splitlines():
+        found = re.search(r"benchmarks/results/(accuracy-[\w.-]+\.json)", line)
+        if not (line.startswith("| `") and found):
+            continue
+        (result,) = cited_files(found.group(0), "accuracy-")
+        (row,) = result["results"]["rows"]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        model = str(row.get("model", "course")).split(":")[0]
+        assert cells[0].startswith(f"`{model}`") and cells[1] == str(row["ed"])
+        assert cells[2] == str(row["epochs"]) and cells[3] == f"{row['test_mse']:.5f}"
+        assert cells[4] == f"-{100 * row['improvement_vs_report']:.1f}%"
+        target = (accuracy.TARGET_TEST_MSE if model == "course"
+                  else accuracy.MODEL_TARGET_TEST_MSE)[row["ed"]]
+        assert cells[5] == f"<= {target:.4f}" and row["target_test_mse"] == target
+        assert cells[6].startswith("yes" if row["passed"] else "no")
+        checked.update({cells[3], cells[4].strip("-%"), cells[5].removeprefix("<= ")})
+    return checked
+
+
+def model_speed(text: str) -> set[str]:
+    """The epoch time of each model against the course model's, from model_speed.py's file."""
+    checked: set[str] = set()
+    for result in cited_files(text, "model_speed-"):
+        course, *others = result["results"]["rows"]
+        assert course["model"] == "course"
+        flat = " ".join(text.split())
+        for row in others:
+            ratio, seconds = f"{row['ratio']:.1f}", f"{row['median_seconds']:.2f}"
+            assert f"about {ratio} times" in flat
+            assert f"{seconds} s against {course['median_seconds']:.2f} s" in flat
+            checked.update({ratio, seconds, f"{course['median_seconds']:.2f}"})
+    return checked
 
 
 def test_cpu_install_figures_match_the_committed_results():
