@@ -25,14 +25,14 @@ from torch import nn
 
 from aetool import plugins
 from aetool.errors import AetoolError, SettingError
-from aetool.params import Param, format_value, split_spec
+from aetool.params import Param, WithParams, spec_of, split_spec
 
 DEFAULT_MODEL = "course"
 SIDE = 28  # the images every model takes: (N, 1, 28, 28)
 
 
 @dataclass(frozen=True)
-class Model:
+class Model(WithParams):
     """A named architecture: `build(ed, **params)` returns a fresh autoencoder module."""
 
     name: str
@@ -40,18 +40,8 @@ class Model:
     build: Callable[..., nn.Module]
     params: tuple[Param, ...] = ()
     plugin: str | None = None  # filled in by the registry: the plugin that registered it
+    kind = "model"  # how messages call it
 
-    def param(self, name: str) -> Param:
-        for param in self.params:
-            if param.name == name:
-                return param
-        known = ", ".join(p.name for p in self.params) or "none"
-        raise AetoolError(
-            f"Model {self.name!r} has no parameter {name!r}; its parameters are: {known}."
-        )
-
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
 
 
 @dataclass(frozen=True)
@@ -68,11 +58,7 @@ class ModelSpec:
     @property
     def spec(self) -> str:
         """The spec that rebuilds this exact model, every parameter spelt out."""
-        if not self.params:
-            return self.name
-        return f"{self.name}:" + ",".join(
-            f"{k}={format_value(v, exact=True)}" for k, v in self.params.items()
-        )
+        return spec_of(self.name, self.params)
 
     def build(self, ed: int) -> nn.Module:
         """A fresh module for encoding dimension `ed`, checked against the contract."""

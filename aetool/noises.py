@@ -21,7 +21,14 @@ import torch
 
 from aetool import plugins
 from aetool.errors import AetoolError
-from aetool.params import PARAM_TYPES, Param, format_value, split_spec  # noqa: F401 (API)
+from aetool.params import (  # noqa: F401 (API)
+    PARAM_TYPES,
+    Param,
+    WithParams,
+    format_value,
+    spec_of,
+    split_spec,
+)
 
 NoiseParam = Param  # a noise's parameter: the typed parameter every plugin kind uses
 
@@ -31,7 +38,7 @@ DEFAULT_NOISE_SPECS = ("original", "gaussian:sigma=0.1|0.3|0.5|1|2", "occlusion"
 
 
 @dataclass(frozen=True)
-class Noise:
+class Noise(WithParams):
     """A named corruption: `apply(x, generator, **params)` returns the corrupted batch."""
 
     name: str
@@ -41,21 +48,10 @@ class Noise:
     # Optional short label for tables, from the parameter values (default: name(p=v, ...)).
     label: Callable[..., str] | None = None
     plugin: str | None = None  # filled in by the registry: the plugin that registered it
+    kind = "noise"  # how messages call it
     # Optional check of the parameters together (`low` below `high`...): `validate(**params)`
     # raises ValueError with one sentence when the combination cannot work.
     validate: Callable[..., None] | None = None
-
-    def param(self, name: str) -> NoiseParam:
-        for param in self.params:
-            if param.name == name:
-                return param
-        known = ", ".join(p.name for p in self.params) or "none"
-        raise AetoolError(
-            f"Noise {self.name!r} has no parameter {name!r}; its parameters are: {known}."
-        )
-
-    def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
 
     def configure(self, **params: Any) -> ConfiguredNoise:
         """This noise with some parameters set (checked); the rest keep their defaults."""
@@ -101,11 +97,7 @@ class ConfiguredNoise:
     @property
     def spec(self) -> str:
         """The spec that rebuilds this exact noise, e.g. `gaussian:sigma=0.1,clip=false`."""
-        if not self.params:
-            return self.name
-        return f"{self.name}:" + ",".join(
-            f"{k}={format_value(v, exact=True)}" for k, v in self.params.items()
-        )
+        return spec_of(self.name, self.params)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.noise.apply(x, generator, **self.params)

@@ -88,6 +88,33 @@ def format_value(value: Any, exact: bool = False) -> str:
     return str(value)
 
 
+class WithParams:
+    """What plugin things with typed parameters share (a `Noise`, a `Model`): looking a
+    parameter up by name, and the defaults. Subclasses have `name` and `params` fields."""
+
+    kind = "plugin item"  # how messages call it: "noise", "model"
+    name: str
+    params: tuple[Param, ...]
+
+    def param(self, name: str) -> Param:
+        for param in self.params:
+            if param.name == name:
+                return param
+        known = ", ".join(p.name for p in self.params) or "none"
+        raise AetoolError(f"{self.kind.capitalize()} {self.name!r} has no parameter {name!r}; "
+                          f"its parameters are: {known}.")
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+def spec_of(name: str, values: dict[str, Any]) -> str:
+    """The spec that rebuilds a thing with exactly these values: `NAME:a=1,b=x`."""
+    if not values:
+        return name
+    return f"{name}:" + ",".join(f"{k}={format_value(v, exact=True)}" for k, v in values.items())
+
+
 def split_spec(spec: str, what: str) -> tuple[str, list[tuple[str, str]]]:
     """`NAME:a=1,b=x` -> ("NAME", [("a", "1"), ("b", "x")]); `what` names the kind in errors.
     A key given twice is an error."""

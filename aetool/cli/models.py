@@ -10,20 +10,17 @@ from rich.table import Table
 
 from aetool.cli.app import app
 from aetool.cli.common import JsonOption, handle_errors, print_json, stderr
-from aetool.cli.noises import params_cell, with_plugin_warnings
-from aetool.errors import AetoolError
+from aetool.cli.noises import params_cell, spec_callback, with_plugin_warnings
 
 
-def check_model_option(value: str | None) -> str | None:
-    """A Typer callback for `--model`: a registered model with valid parameters (exit 2)."""
-    if value:
-        from aetool.models import parse_model_spec
+def _parse_model(spec: str) -> Any:
+    from aetool.models import parse_model_spec
 
-        try:
-            with_plugin_warnings(lambda: parse_model_spec(value))
-        except AetoolError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
+    return parse_model_spec(spec)
+
+
+# `--model`: a registered model with valid parameters (exit 2 otherwise).
+check_model_option = spec_callback(_parse_model)
 
 
 ModelOption = Annotated[

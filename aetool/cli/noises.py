@@ -47,16 +47,29 @@ def parse_noise_option(specs: Sequence[str], param_hint: str = "'--noise'") -> l
         raise typer.BadParameter(str(exc), param_hint=param_hint) from None
 
 
-def check_noise_option(value: str | None) -> str | None:
-    """A Typer callback for a single `--noise` (e.g. `aetool fit`): exactly one known noise."""
-    if value:
-        from aetool.noises import build_noise
+def spec_callback(parse: Callable[[str], Any]) -> Callable[[str | None], str | None]:
+    """A Typer callback checking one `NAME:param=value,...` spec with `parse` (a usage error,
+    exit 2, when it fails), plugin warnings printed once."""
 
-        try:
-            with_plugin_warnings(lambda: build_noise(value))
-        except AetoolError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return value
+    def callback(value: str | None) -> str | None:
+        if value:
+            try:
+                with_plugin_warnings(lambda: parse(value))
+            except AetoolError as exc:
+                raise typer.BadParameter(str(exc)) from None
+        return value
+
+    return callback
+
+
+def _build_noise(spec: str) -> Any:
+    from aetool.noises import build_noise
+
+    return build_noise(spec)
+
+
+# A single `--noise` (e.g. `aetool fit`): exactly one known noise.
+check_noise_option = spec_callback(_build_noise)
 
 
 def noises_table(rows: list[dict[str, Any]]) -> Table:
