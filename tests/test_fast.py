@@ -513,8 +513,9 @@ def test_emulated_graph_mode_for_every_built_in_model(model, fake_split, monkeyp
         graph = run_epochs(cpu_graph_epoch, images, batch_size=128, model=model)
     assert graph[2].mode == "graph" and len(captured) == 1 and captured[0].replays == 6
     # A bias right before a GroupNorm of one channel per group (wide's 8-channel layers at
-    # width 8) does not change the output at all: its gradient is rounding noise, so Adam steps it at random
-    # in either mode. Those are left out of the weight check; everything else is held to it.
+    # width 8) does not change the output at all: its gradient is rounding noise, so Adam
+    # steps it at random in either mode. Those are left out of the weight check; everything
+    # else is held to it.
     inert = [k for k in inert_parameters(model, images[:128]) if k.endswith(".bias")]
     keep = [k for k in graph[3] if k not in inert]
     assert len(keep) >= len(graph[3]) - 3  # at most the biases of wide's 8-channel layers
