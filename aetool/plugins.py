@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata
 import os
 import re
+import threading
 import warnings
 from typing import Any
 
@@ -38,6 +39,7 @@ pm = pluggy.PluginManager("aetool")
 pm.add_hookspecs(hookspecs)
 
 _loaded = False
+_loading = threading.RLock()
 # plugin name -> (distribution name, version) for plugins that came from an entry point
 _distributions: dict[str, tuple[str, str]] = {}
 
@@ -95,15 +97,16 @@ def load_plugins() -> None:
     Idempotent: later calls do nothing.
     """
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    if entry_points_enabled():
-        _load_entry_points()
-    for path in DEFAULT_PLUGINS:
-        module = importlib.import_module(path)
-        if not pm.is_registered(module) and pm.get_plugin(path) is None:
-            pm.register(module, name=path)
+    with _loading:  # threads (search workers in one process) wait for the first to finish
+        if _loaded:
+            return
+        if entry_points_enabled():
+            _load_entry_points()
+        for path in DEFAULT_PLUGINS:
+            module = importlib.import_module(path)
+            if not pm.is_registered(module) and pm.get_plugin(path) is None:
+                pm.register(module, name=path)
+        _loaded = True
 
 
 def reset_plugins() -> None:
@@ -143,10 +146,16 @@ def collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...] = (
     registers something else or a bad name, gets a warning; the others keep working. The
     result is cached until the set of plugins changes."""
     load_plugins()
+    with _loading:
+        return dict(_collect(hook_name, kind, what, reserved))
+
+
+def _collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...]
+             ) -> dict[str, Any]:
     key = tuple(pm.list_name_plugin())  # holds the plugins: ids cannot be reused
     cached = _registries.get(hook_name)
     if cached is not None and _same_plugins(cached[0], key):
-        return dict(cached[1])
+        return cached[1]
     found: dict[str, Any] = {}
     for impl in hook_implementations(hook_name):
         plugin_name = impl.plugin_name
@@ -160,7 +169,7 @@ def collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...] = (
             warn(f"aetool plugin {plugin_name} failed in {hook_name} and is skipped: "
                  f"{type(exc).__name__}: {exc}")
     _registries[hook_name] = (key, found)
-    return dict(found)
+    return found
 
 
 def _same_plugins(old: tuple, new: tuple) -> bool:
