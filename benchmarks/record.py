@@ -77,8 +77,15 @@ def save_result(kind: str, script: str, results, directory: str | None, device=N
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = env["date"].replace("-", "").replace(":", "")
-    path = folder / f"{kind}{'-' + tag if tag else ''}-{stamp}.json"
-    path.write_text(json.dumps({"kind": kind, "environment": env, "results": results},
-                               indent=2) + "\n")
+    name = f"{kind}{'-' + tag if tag else ''}-{stamp}"
+    text = json.dumps({"kind": kind, "environment": env, "results": results}, indent=2) + "\n"
+    for n in range(1, 1000):  # two runs finishing in the same second keep a file each
+        path = folder / (f"{name}.json" if n == 1 else f"{name}-{n}.json")
+        try:
+            with open(path, "x") as out:
+                out.write(text)
+            break
+        except FileExistsError:
+            continue
     print(f"results written to {path}", file=sys.stderr)
     return path

@@ -123,3 +123,14 @@ def test_model_speed_times_every_model_in_one_process(fake_data_dir, capsys, tmp
     assert result["rows"][0]["ratio"] == 1.0
     assert result["rows"][1]["parameters"] > result["rows"][0]["parameters"]
     assert_result_file(tmp_path, "model_speed-", "model_speed.py", args, result)
+
+
+def test_two_results_in_the_same_second_keep_a_file_each(tmp_path, monkeypatch):
+    record = load_script("record")
+    monkeypatch.setattr(record, "environment",
+                        lambda script, device, argv: {"date": "2026-11-28T03:28:51Z"})
+    first = record.save_result("accuracy", "accuracy.py", {"ed": 4}, str(tmp_path), tag="best")
+    second = record.save_result("accuracy", "accuracy.py", {"ed": 8}, str(tmp_path), tag="best")
+    assert first != second and first.name == "accuracy-best-20261128T032851Z.json"
+    assert json.loads(first.read_text())["results"] == {"ed": 4}
+    assert json.loads(second.read_text())["results"] == {"ed": 8}
