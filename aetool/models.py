@@ -151,11 +151,9 @@ def load_weights(spec: str | None, ed: int, path: Path | str,
                  device: torch.device | str = "cpu") -> nn.Module:
     """The model `spec` for `ed` with the weights of checkpoint `path` (a bare state_dict,
     read safely), in eval mode; a checkpoint of another model or ED is one sentence."""
-    from aetool.files import load_torch
+    from aetool.model import load_state_dict_file
 
-    state = load_torch(path)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = load_state_dict_file(path)
     module = build_model(spec, ed)
     try:
         module.load_state_dict(state)

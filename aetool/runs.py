@@ -178,7 +178,8 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one we may not signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -259,7 +260,7 @@ class RunLock:
             os.close(fd)
         note = _read_note(fd)
         if note.get("pid") not in (None, os.getpid()) and note.get("host") == _host() \
-                and not _pid_alive(int(note["pid"])):
+                and not pid_alive(int(note["pid"])):
             warnings.warn(f"{self.what} was locked by process {note['pid']}, which stopped "
                           "without releasing it; taking it over.", RunWarning, stacklevel=2)
         mine = json.dumps({"pid": os.getpid(), "host": _host(),
@@ -463,9 +464,6 @@ class Run:
         from aetool.models import load_weights
 
         return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
-
-    def lock(self) -> RunLock:
-        return RunLock(self.path.parent, self.name)
 
 
 def open_run(path: Path | str) -> Run:

@@ -113,16 +113,6 @@ def host_identity() -> str:
     return f"{socket.gethostname()}/{uuid.getnode():012x}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SearchConfig(Protocol):
     """What a `GridStudy` needs of `aetool.search.SearchConfig` (which is one)."""
 
@@ -220,7 +210,7 @@ class GridStudy:
         if worker.get("host") == self.host:
             if worker.get("pid") == os.getpid():
                 return any(self.numbers.get(i) == trial.number for i in self.in_flight)
-            if isinstance(worker.get("pid"), int) and not _pid_alive(worker["pid"]):
+            if isinstance(worker.get("pid"), int) and not runs.pid_alive(worker["pid"]):
                 return False
         beat = trial.system_attrs.get(HEARTBEAT_ATTR)
         if beat is None and trial.datetime_start is not None:
