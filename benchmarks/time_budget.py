@@ -10,6 +10,13 @@ draws that curve into a PNG beside the JSON file:
 
 With `--collect-wall`, nothing is trained: the rows are read from the run folders an earlier
 call left in `--workspace`, with the wall times it printed (its file could not be saved).
+
+With `--merge`, nothing is trained either: the rows of earlier result files (budgets measured
+at different times) are put together into one curve, in budget order, each row naming the file
+it came from with that file's date, command and load average:
+
+    python benchmarks/time_budget.py --merge benchmarks/results/time_budget-A.json \
+        benchmarks/results/time_budget-B.json --results benchmarks/results
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def budget_row(budget: str, ed: int, workspace: Path, wall: float, stderr: str |
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--times", nargs="+", default=["2m", "5m", "15m"])
     parser.add_argument("--ed", type=int, default=4)
@@ -74,7 +81,12 @@ def main() -> None:
     parser.add_argument("--collect-wall", nargs="+", type=float, default=None,
                         help="do not train: read the runs already in --workspace, with these "
                         "wall times (seconds, one per --times) as an earlier run printed them")
-    args = parser.parse_args()
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="do not train: one curve from the rows of these result files")
+    args = parser.parse_args(argv)
+    if args.merge:
+        save_curve(merged_rows(args.merge), args.ed, args.results, argv, merged=True)
+        return
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="aetool-time-"))
     rows = []
     for i, budget in enumerate(args.times):
@@ -85,12 +97,34 @@ def main() -> None:
         rows.append(row)
         print(f"--time {budget}: {row['epochs']} epochs, wall {row['wall_seconds']} s, "
               f"test MSE {row['test_mse']:.5f}", flush=True)
-    results = {"ed": args.ed, "report_test_mse": REPORT_CHECKPOINT_MSE.get(args.ed),
-               "rows": rows, "collected_from_workspace": bool(args.collect_wall)}
-    path = save_result("time_budget", "time_budget.py", results, args.results,
-                       torch.device("cpu"))
-    if path is not None:  # the README's figure, beside the numbers it shows
-        path.with_suffix(".png").write_bytes(plot(rows, args.ed))
+    save_curve(rows, args.ed, args.results, argv, collected=bool(args.collect_wall))
+
+
+def save_curve(rows: list[dict], ed: int, results_dir: str | None, argv: list[str] | None, *,
+               collected: bool = False, merged: bool = False) -> None:
+    """The result file, and the README's figure beside it."""
+    results = {"ed": ed, "report_test_mse": REPORT_CHECKPOINT_MSE.get(ed), "rows": rows,
+               "collected_from_workspace": collected, "merged": merged}
+    path = save_result("time_budget", "time_budget.py", results, results_dir,
+                       torch.device("cpu"), argv)
+    if path is not None:
+        path.with_suffix(".png").write_bytes(plot(rows, ed))
+
+
+def merged_rows(files: list[Path]) -> list[dict]:
+    """The rows of several result files, in budget order, each saying where it came from."""
+    rows = []
+    for file in files:
+        result = json.loads(file.read_text())
+        env = result["environment"]
+        source = {"file": file.name, "date": env["date"], "command": env["command"],
+                  "load_average_at_end": env.get("load_average_at_end")}
+        for row in result["results"]["rows"]:
+            rows.append({**row, "source": row.get("source", source)})
+    budgets = [row["budget_seconds"] for row in rows]
+    if len(set(budgets)) != len(budgets):
+        raise SystemExit(f"the files measure a budget twice: {sorted(budgets)}")
+    return sorted(rows, key=lambda row: row["budget_seconds"])
 
 
 def plot(rows: list[dict], ed: int) -> bytes:

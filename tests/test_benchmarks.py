@@ -134,3 +134,38 @@ def test_two_results_in_the_same_second_keep_a_file_each(tmp_path, monkeypatch):
     assert first != second and first.name == "accuracy-best-20261128T032851Z.json"
     assert json.loads(first.read_text())["results"] == {"ed": 4}
     assert json.loads(second.read_text())["results"] == {"ed": 8}
+
+
+def test_time_budget_merges_earlier_files_into_one_curve(tmp_path, monkeypatch):
+    """Budgets measured at different times make one curve: rows in budget order, each naming
+    the file (date, command, load) it came from; a budget measured twice is refused."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    time_budget = load_script("time_budget")
+
+    def earlier(name: str, date: str, rows: list[tuple[str, float, float]]) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"kind": "time_budget", "environment": {
+            "date": date, "command": f"python benchmarks/time_budget.py {name}",
+            "load_average_at_end": [1.0, 1.0, 1.0]}, "results": {"ed": 4, "rows": [
+                {"budget": b, "budget_seconds": s, "test_mse": m} for b, s, m in rows]}}))
+        return path
+
+    late = earlier("late.json", "2026-11-28T05:00:00Z", [("60m", 3600.0, 0.0240)])
+    early = earlier("early.json", "2026-11-28T02:00:00Z",
+                    [("5m", 300.0, 0.0255), ("15m", 900.0, 0.0249)])
+    args = ["--merge", str(late), str(early), "--results", str(tmp_path / "out")]
+    time_budget.main(args)
+
+    (png,) = (tmp_path / "out").glob("*.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
+    (path,) = (tmp_path / "out").glob("*.json")
+    saved = json.loads(path.read_text())
+    assert saved["environment"]["command"].endswith(" ".join(args))
+    rows = saved["results"]["rows"]
+    assert saved["results"]["merged"] is True and saved["results"]["report_test_mse"] == 0.02696
+    assert [r["budget"] for r in rows] == ["5m", "15m", "60m"]
+    assert [r["source"]["file"] for r in rows] == ["early.json", "early.json", "late.json"]
+    assert rows[2]["source"]["date"] == "2026-11-28T05:00:00Z"
+
+    with pytest.raises(SystemExit, match="a budget twice"):
+        time_budget.main(["--merge", str(early), str(early), "--results", ""])
