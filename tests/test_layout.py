@@ -143,3 +143,20 @@ def test_the_workspace_names_every_file(tmp_path):
     assert workspace.report.name == "report.html" and workspace.study.name == "study.json"
     with pytest.raises(SettingError):
         workspace.run_dir("../ed4")
+
+
+def test_the_readme_map_names_every_module():
+    """"How the code is laid out" keeps the map: every module of the package (and every
+    sub-package) has a row or a mention, and every file it names exists."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    text = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", text))
+    present = {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py",
+                                                                      "__main__.py")}
+    present |= {f"{p.name}/" for p in PACKAGE.iterdir()
+                if p.is_dir() and (p / "__init__.py").is_file() and p.name != "cli"}
+    assert sorted(present - named) == [], "modules the README's map does not mention"
+    for name in sorted(n for n in named if n.endswith(".py")):
+        assert (PACKAGE / name).is_file(), f"the README's map names {name}, which is not there"
