@@ -104,6 +104,16 @@ def test_long_commands_take_quiet_threads_and_log_every(command):
         assert option in result.output, (command, option)
 
 
+@pytest.mark.parametrize("command", ["fit", "search", "corrupt", "embed", "study"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_threads_below_one_exit_2_naming_the_option(command, value, workspace):
+    result = invoke(command, "--threads", value, "--runs", workspace)
+    assert result.exit_code == 2, result.output
+    flat = " ".join("".join(" " if c in "│╭╮╰╯─" else c for c in result.output).split())
+    assert "--threads" in flat and f"must be at least 1, got {value}" in flat
+    assert "Traceback" not in result.output and not workspace.exists()
+
+
 # --------------------------------------------------------------------------- time budget
 
 

@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from aetool.cli.common import non_negative, progress_bar, stderr
+from aetool.cli.common import at_least, non_negative, progress_bar, stderr
 
 DEFAULT_LOG_EVERY = 10.0
 
@@ -35,14 +35,8 @@ LogEveryOption = Annotated[
 ]
 
 
-def _threads(value: int | None) -> int | None:
-    if value is not None and value < 1:
-        raise typer.BadParameter(f"must be at least 1, got {value}")
-    return value
-
-
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", envvar="AETOOL_THREADS", callback=_threads,
+    int | None, typer.Option("--threads", envvar="AETOOL_THREADS", callback=at_least(1),
                              help="PyTorch's CPU threads (intra-op). Processes sharing a "
                              "machine should add up to its cores.",
                              show_default="PyTorch's default: the cores")
