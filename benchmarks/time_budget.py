@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="do not train: one curve from the rows of these result files")
     args = parser.parse_args(argv)
     if args.merge:
-        save_curve(merged_rows(args.merge), args.ed, args.results, argv, merged=True)
+        ed, rows = merged_rows(args.merge)
+        save_curve(rows, ed, args.results, argv, merged=True)
         return
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="aetool-time-"))
     rows = []
@@ -111,11 +112,14 @@ def save_curve(rows: list[dict], ed: int, results_dir: str | None, argv: list[st
         path.with_suffix(".png").write_bytes(plot(rows, ed))
 
 
-def merged_rows(files: list[Path]) -> list[dict]:
-    """The rows of several result files, in budget order, each saying where it came from."""
+def merged_rows(files: list[Path]) -> tuple[int, list[dict]]:
+    """The ED the files measured and their rows, in budget order, each saying where it came
+    from; files of different EDs, or measuring a budget twice, are refused."""
     rows = []
+    eds = set()
     for file in files:
         result = json.loads(file.read_text())
+        eds.add(result["results"]["ed"])
         env = result["environment"]
         source = {"file": file.name, "date": env["date"], "command": env["command"],
                   "load_average_at_end": env.get("load_average_at_end")}
@@ -124,7 +128,9 @@ def merged_rows(files: list[Path]) -> list[dict]:
     budgets = [row["budget_seconds"] for row in rows]
     if len(set(budgets)) != len(budgets):
         raise SystemExit(f"the files measure a budget twice: {sorted(budgets)}")
-    return sorted(rows, key=lambda row: row["budget_seconds"])
+    if len(eds) != 1:
+        raise SystemExit(f"the files measure different EDs: {sorted(eds)}")
+    return eds.pop(), sorted(rows, key=lambda row: row["budget_seconds"])
 
 
 def plot(rows: list[dict], ed: int) -> bytes:

@@ -142,11 +142,11 @@ def test_time_budget_merges_earlier_files_into_one_curve(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     time_budget = load_script("time_budget")
 
-    def earlier(name: str, date: str, rows: list[tuple[str, float, float]]) -> Path:
+    def earlier(name: str, date: str, rows: list[tuple[str, float, float]], ed: int = 8) -> Path:
         path = tmp_path / name
         path.write_text(json.dumps({"kind": "time_budget", "environment": {
             "date": date, "command": f"python benchmarks/time_budget.py {name}",
-            "load_average_at_end": [1.0, 1.0, 1.0]}, "results": {"ed": 4, "rows": [
+            "load_average_at_end": [1.0, 1.0, 1.0]}, "results": {"ed": ed, "rows": [
                 {"budget": b, "budget_seconds": s, "test_mse": m} for b, s, m in rows]}}))
         return path
 
@@ -162,10 +162,14 @@ def test_time_budget_merges_earlier_files_into_one_curve(tmp_path, monkeypatch):
     saved = json.loads(path.read_text())
     assert saved["environment"]["command"].endswith(" ".join(args))
     rows = saved["results"]["rows"]
-    assert saved["results"]["merged"] is True and saved["results"]["report_test_mse"] == 0.02696
+    assert saved["results"]["merged"] is True and saved["results"]["ed"] == 8
+    assert saved["results"]["report_test_mse"] == 0.01608  # the files' ED, not --ed's default
     assert [r["budget"] for r in rows] == ["5m", "15m", "60m"]
     assert [r["source"]["file"] for r in rows] == ["early.json", "early.json", "late.json"]
     assert rows[2]["source"]["date"] == "2026-11-28T05:00:00Z"
 
     with pytest.raises(SystemExit, match="a budget twice"):
         time_budget.main(["--merge", str(early), str(early), "--results", ""])
+    other = earlier("other.json", "2026-11-28T06:00:00Z", [("2m", 120.0, 0.03)], ed=4)
+    with pytest.raises(SystemExit, match="different EDs"):
+        time_budget.main(["--merge", str(early), str(other), "--results", ""])
