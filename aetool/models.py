@@ -43,7 +43,6 @@ class Model(WithParams):
     kind = "model"  # how messages call it
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A model with all its parameter values: what a run trains."""
