@@ -116,7 +116,8 @@ def test_model_speed_times_every_model_in_one_process(fake_data_dir, capsys, tmp
             "--batch-size", "100", "--json", "--results", str(tmp_path)]
     assert model_speed.main(args) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in result["rows"]] == ["course", "wide:width=8,hidden=64,groups=8"]
+    assert [r["model"] for r in result["rows"]] == ["course",
+                                                   "wide:width=8,hidden=64,groups=8,depth=1"]
     assert result["train_images"] == 500 and result["threads"] == 1
     for row in result["rows"]:
         assert len(row["seconds"]) == 2 and row["median_seconds"] > 0

@@ -22,7 +22,7 @@ from aetool import fast, models, plugins, runs
 from aetool.cli import app
 from aetool.errors import AetoolError, SettingError
 from aetool.hookspecs import hookimpl
-from aetool.models import Model, build_model, parse_model_spec
+from aetool.models import Model, build_model, check_contract, parse_model_spec
 from aetool.params import Param
 from aetool.settings import preset_config
 from aetool.steps import make_generator
@@ -31,7 +31,7 @@ from aetool.training import fit_run
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 runner = CliRunner()
-BUILT_IN = ["course", "wide:width=8,hidden=64"]  # small widths keep these tests fast
+BUILT_IN = ["course", "wide:width=8,hidden=64,depth=2"]  # small widths keep these fast
 
 
 def plain(result) -> str:
@@ -94,14 +94,30 @@ def test_built_ins_register_like_plugins():
 
 def test_specs_spell_out_every_parameter():
     assert parse_model_spec(None).spec == "course"
-    assert parse_model_spec("wide").spec == "wide:width=16,hidden=512,groups=8"
-    assert parse_model_spec("wide:hidden=64,width=8").spec == "wide:width=8,hidden=64,groups=8"
-    for bad, needle in (("nope", "Unknown model 'nope'"), ("wide:depth=3", "no parameter"),
+    assert parse_model_spec("wide").spec == "wide:width=16,hidden=512,groups=8,depth=1"
+    assert (parse_model_spec("wide:hidden=64,width=8").spec
+            == "wide:width=8,hidden=64,groups=8,depth=1")
+    for bad, needle in (("nope", "Unknown model 'nope'"), ("wide:colour=3", "no parameter"),
                         ("wide:width=0", "at least 1"), ("wide:width=x", "whole number"),
                         ("wide:width=8,width=9", "twice")):
         with pytest.raises(SettingError, match=needle) as caught:
             parse_model_spec(bad)
         assert caught.value.field == "model"
+
+
+def test_wide_depth_adds_hidden_layers_each_side_of_the_code():
+    """`depth` hidden Linear+SiLU layers next to the code on each side, same contract."""
+    def linears(spec):
+        module = parse_model_spec(spec).build(4)
+        return [sum(isinstance(m, torch.nn.Linear) for m in part.modules())
+                for part in (module.encoder, module.decoder_lin)]
+
+    assert linears("wide:width=8,hidden=64") == [2, 2]
+    assert linears("wide:width=8,hidden=64,depth=3") == [4, 4]
+    spec = parse_model_spec("wide:width=8,hidden=64,depth=3")
+    check_contract(spec.build(4), 4, spec)  # encode (N, 4), decode in [0, 1]
+    with pytest.raises(SettingError, match="at most 8"):
+        parse_model_spec("wide:depth=9")
 
 
 def test_course_is_the_report_architecture_and_old_runs_read_as_course(seed_checkpoints):
@@ -182,7 +198,7 @@ def test_models_lists_every_model_with_its_weights(mlp):
         expected = sum(p.numel() for p in build_model(name, 4).parameters())
         assert row["parameters_at_ed4"] == expected, name
     assert rows["mlp"]["plugin"] == "aetool_mlp"
-    assert [p["name"] for p in rows["wide"]["params"]] == ["width", "hidden", "groups"]
+    assert [p["name"] for p in rows["wide"]["params"]] == ["width", "hidden", "groups", "depth"]
     table = invoke("models")
     assert table.exit_code == 0 and "49,541" in table.output
 
@@ -224,12 +240,12 @@ def test_a_checkpoint_of_another_model_is_one_sentence(tmp_path, fake_data_dir):
               "--data-dir", fake_data_dir, "--runs", workspace]
     assert invoke("fit", "--ed", "4", *common).exit_code == 0
     config = json.loads((workspace / "ed4" / runs.CONFIG).read_text())
-    config["model"] = "wide:width=8,hidden=64,groups=8"
+    config["model"] = "wide:width=8,hidden=64,groups=8,depth=1"
     (workspace / "ed4" / runs.CONFIG).write_text(json.dumps(config))
     result = invoke("corrupt", "--noise", "original", "--device", "cpu",
                     "--data-dir", fake_data_dir, "--runs", workspace)
     assert result.exit_code == 1, result.output
-    assert "does not hold the weights of a 'wide:width=8,hidden=64,groups=8' model" in plain(
+    assert "the weights of a 'wide:width=8,hidden=64,groups=8,depth=1' model" in plain(
         result)
     assert "Traceback" not in result.output
 
@@ -274,8 +290,8 @@ def test_search_trains_any_model_batched(tmp_path, fake_data_dir):
     results = run_search(config, tmp_path / "ws", data_dir=fake_data_dir,
                          on_train=lambda jobs: trained.append(len(jobs)))
     assert trained == [4]  # both settings x both folds in one vmapped group
-    assert results["grid"]["model"] == "wide:width=8,hidden=64,groups=8"
-    with pytest.raises(AetoolError, match="trained 'wide:width=8,hidden=64,groups=8', not 'co"):
+    assert results["grid"]["model"] == "wide:width=8,hidden=64,groups=8,depth=1"
+    with pytest.raises(AetoolError, match="trained 'wide:width=8,.*,depth=1', not 'co"):
         from aetool.training import run_config
 
         run_config(runs_root=tmp_path / "ws", from_search=True, ed=4)

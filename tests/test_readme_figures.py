@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from aetool.model import load_model
+from aetool.models import parse_model_spec
 from aetool.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,6 +224,11 @@ def accuracy_rows(text: str) -> set[str]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         model = str(row.get("model", "course")).split(":")[0]
         assert cells[0].startswith(f"`{model}`") and cells[1] == str(row["ed"])
+        # A variant names its parameters, e.g. `wide` (`depth=3`); a plain name is the default
+        # (a file written before a parameter existed holds its default).
+        named = ",".join(re.findall(r"`(\w+=[^`]+)`", cells[0]))
+        written = parse_model_spec(f"{model}:{named}" if named else model)
+        assert written.params == parse_model_spec(row.get("model")).params, line
         assert cells[2] == str(row["epochs"]) and cells[3] == f"{row['test_mse']:.5f}"
         assert cells[4] == f"-{100 * row['improvement_vs_report']:.1f}%"
         target = (accuracy.TARGET_TEST_MSE if model == "course"

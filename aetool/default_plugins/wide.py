@@ -2,11 +2,12 @@
 bottleneck, for encoding dimensions where the course model runs out of capacity.
 
 Encoder: three 3x3 convolutions (28 -> 14 -> 7 -> 7, `width`, 2x and 4x `width` channels), each
-followed by GroupNorm and SiLU, then Linear(4 `width` x 7 x 7 -> `hidden`), SiLU, Linear(->
-ED). Decoder: the mirror image, with transposed 4x4 convolutions for the two upsamplings and a
-sigmoid at the end. GroupNorm keeps no running statistics, so training, evaluation, the
-vmap-batched search and CUDA graphs all see the same function; SiLU leaves no dead units (the
-course model loses a third of its ReLUs in its first epoch).
+followed by GroupNorm and SiLU, then Linear(4 `width` x 7 x 7 -> `hidden`), SiLU, `depth` - 1
+more Linear(`hidden` -> `hidden`) + SiLU, Linear(-> ED). Decoder: the mirror image, with
+transposed 4x4 convolutions for the two upsamplings and a sigmoid at the end. GroupNorm keeps
+no running statistics, so training, evaluation, the vmap-batched search and CUDA graphs all see
+the same function; SiLU leaves no dead units (the course model loses a third of its ReLUs in
+its first epoch).
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ def _norm(channels: int, groups: int) -> nn.Module:
     return nn.GroupNorm(groups, channels) if groups else nn.Identity()
 
 
+def _hidden(units: int, depth: int) -> list[nn.Module]:
+    """The extra Linear + SiLU layers that make `depth` hidden layers next to the code."""
+    return [m for _ in range(depth - 1) for m in (nn.Linear(units, units), nn.SiLU())]
+
+
 class WideAutoencoder(nn.Module):
     """28x28 image -> `ed` numbers -> 28x28 image in [0, 1]."""
 
-    def __init__(self, ed: int, width: int = 16, hidden: int = 512, groups: int = 8) -> None:
+    def __init__(self, ed: int, width: int = 16, hidden: int = 512, groups: int = 8,
+                 depth: int = 1) -> None:
         super().__init__()
         a, b, c = width, 2 * width, 4 * width
         self.channels = c
@@ -34,10 +41,12 @@ class WideAutoencoder(nn.Module):
             nn.Conv2d(1, a, 3, stride=2, padding=1), _norm(a, groups), nn.SiLU(),  # 28 -> 14
             nn.Conv2d(a, b, 3, stride=2, padding=1), _norm(b, groups), nn.SiLU(),  # 14 -> 7
             nn.Conv2d(b, c, 3, padding=1), _norm(c, groups), nn.SiLU(),  # 7 -> 7
-            nn.Flatten(), nn.Linear(c * 49, hidden), nn.SiLU(), nn.Linear(hidden, ed),
+            nn.Flatten(), nn.Linear(c * 49, hidden), nn.SiLU(), *_hidden(hidden, depth),
+            nn.Linear(hidden, ed),
         )
         self.decoder_lin = nn.Sequential(
-            nn.Linear(ed, hidden), nn.SiLU(), nn.Linear(hidden, c * 49), nn.SiLU(),
+            nn.Linear(ed, hidden), nn.SiLU(), *_hidden(hidden, depth),
+            nn.Linear(hidden, c * 49), nn.SiLU(),
         )
         self.decoder_conv = nn.Sequential(
             nn.Conv2d(c, b, 3, padding=1), _norm(b, groups), nn.SiLU(),  # 7 -> 7
@@ -56,10 +65,11 @@ class WideAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-def build(ed: int, width: int = 16, hidden: int = 512, groups: int = 8) -> WideAutoencoder:
+def build(ed: int, width: int = 16, hidden: int = 512, groups: int = 8,
+          depth: int = 1) -> WideAutoencoder:
     if groups and any(ch % groups for ch in (width, 2 * width, 4 * width)):
         raise ValueError(f"width {width} must be a multiple of groups {groups}")
-    return WideAutoencoder(ed, width, hidden, groups)
+    return WideAutoencoder(ed, width, hidden, groups, depth)
 
 
 @hookimpl
@@ -76,5 +86,7 @@ def register_models(register):
                   minimum=1, maximum=8192),
             Param("groups", int, 8, "GroupNorm groups (0: no normalisation)",
                   minimum=0, maximum=64),
+            Param("depth", int, 1, "hidden linear layers on each side of the code",
+                  minimum=1, maximum=8),
         ),
     ))
