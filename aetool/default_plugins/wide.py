@@ -3,7 +3,7 @@ bottleneck, for encoding dimensions where the course model runs out of capacity.
 
 Encoder: three 3x3 convolutions (28 -> 14 -> 7 -> 7, `width`, 2x and 4x `width` channels), each
 followed by GroupNorm and SiLU, then Linear(4 `width` x 7 x 7 -> `hidden`), SiLU, `depth` - 1
-more Linear(`hidden` -> `hidden`) + SiLU, Linear(-> ED). Decoder: the mirror image, with
+residual layers h + SiLU(Linear(h)), Linear(-> ED). Decoder: the mirror image, with
 transposed 4x4 convolutions for the two upsamplings and a sigmoid at the end. GroupNorm keeps
 no running statistics, so training, evaluation, the vmap-batched search and CUDA graphs all see
 the same function; SiLU leaves no dead units (the course model loses a third of its ReLUs in
@@ -24,9 +24,22 @@ def _norm(channels: int, groups: int) -> nn.Module:
     return nn.GroupNorm(groups, channels) if groups else nn.Identity()
 
 
+class _Residual(nn.Module):
+    """x + SiLU(Linear(x)): a hidden layer that passes its input on unchanged beside what it
+    adds, so a stack of them trains (plain Linear + SiLU stacks of 4 and more collapsed to the
+    mean image at ED 4, see benchmarks/README.md)."""
+
+    def __init__(self, units: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(units, units)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + nn.functional.silu(self.linear(x))
+
+
 def _hidden(units: int, depth: int) -> list[nn.Module]:
-    """The extra Linear + SiLU layers that make `depth` hidden layers next to the code."""
-    return [m for _ in range(depth - 1) for m in (nn.Linear(units, units), nn.SiLU())]
+    """The residual layers that make `depth` hidden layers next to the code."""
+    return [_Residual(units) for _ in range(depth - 1)]
 
 
 class WideAutoencoder(nn.Module):
@@ -86,7 +99,7 @@ def register_models(register):
                   minimum=1, maximum=8192),
             Param("groups", int, 8, "GroupNorm groups (0: no normalisation)",
                   minimum=0, maximum=64),
-            Param("depth", int, 1, "hidden linear layers on each side of the code",
+            Param("depth", int, 1, "hidden layers each side of the code (the extra ones residual)",
                   minimum=1, maximum=8),
         ),
     ))
