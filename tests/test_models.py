@@ -120,6 +120,26 @@ def test_wide_depth_adds_hidden_layers_each_side_of_the_code():
         parse_model_spec("wide:depth=9")
 
 
+@torch.no_grad()
+def test_a_deep_wide_passes_its_signal_through_at_initialisation():
+    """Plain Linear + SiLU stacks of 4 and more collapsed to the mean image at ED 4: at
+    initialisation their code hardly varied between images (10x less per two layers). The
+    residual extra layers keep the spread of the code and of the decoder's features close to
+    depth 1's, at depth 8 too."""
+    images = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def spread(depth):
+        torch.manual_seed(0)
+        module = parse_model_spec(f"wide:width=8,hidden=64,depth={depth}").build(4)
+        code = module.encode(images)
+        return float(code.std(0).mean()), float(module.decoder_lin(code).std(0).mean())
+
+    shallow = spread(1)
+    for depth in (3, 8):
+        for deep, base in zip(spread(depth), shallow, strict=True):
+            assert base / 3 < deep < base * 3, (depth, deep, base)
+
+
 def test_course_is_the_report_architecture_and_old_runs_read_as_course(seed_checkpoints):
     from aetool.model import Autoencoder, load_model
 
