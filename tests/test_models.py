@@ -106,7 +106,8 @@ def test_specs_spell_out_every_parameter():
 
 
 def test_wide_depth_adds_hidden_layers_each_side_of_the_code():
-    """`depth` hidden Linear+SiLU layers next to the code on each side, same contract."""
+    """`depth` hidden layers next to the code on each side (the extra ones residual, one
+    Linear each), same contract."""
     def linears(spec):
         module = parse_model_spec(spec).build(4)
         return [sum(isinstance(m, torch.nn.Linear) for m in part.modules())
