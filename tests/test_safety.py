@@ -418,7 +418,7 @@ def test_a_waiting_lock_gets_its_turn(tmp_path):
         [sys.executable, "-c",
          "import time; from aetool import runs; "
          f"lock = runs.RunLock({str(tmp_path)!r}, 'search').acquire(); "
-         "print('locked', flush=True); time.sleep(1.0); lock.release()"],
+         "print('locked', flush=True); time.sleep(3.0); lock.release()"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
