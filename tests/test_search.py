@@ -64,11 +64,14 @@ def study_trials(config: SearchConfig, root: Path) -> list:
     return storage.get_all_trials(study_id)
 
 
+def point_of(trial) -> tuple:
+    return (trial.params["ed"], trial.params["lr"], trial.params["weight_decay"])
+
+
 def states_by_point(trials) -> dict[tuple, Counter]:
     table: dict[tuple, Counter] = {}
     for t in trials:
-        key = (t.params["ed"], t.params["lr"], t.params["weight_decay"])
-        table.setdefault(key, Counter())[t.state.name] += 1
+        table.setdefault(point_of(t), Counter())[t.state.name] += 1
     return table
 
 
@@ -436,23 +439,19 @@ def test_two_workers_claiming_one_point_at_once_train_it_once(
     # One COMPLETE trial per point; every other trial is a claim that lost a collision. The
     # barrier forces one on the first point; later points may collide too when one worker
     # reads the study just before the other's claim lands (timing), which is the same rule.
-    states = Counter(t.state.name for t in trials)
-    assert states["COMPLETE"] == 4 and set(states) == {"COMPLETE", "PRUNED"}, states
-
-    def point(t):
-        return (t.params["ed"], t.params["lr"], t.params["weight_decay"])
+    table = states_by_point(trials)
+    assert len(table) == 4 and all(c["COMPLETE"] == 1 and set(c) <= {"COMPLETE", "PRUNED"}
+                                   for c in table.values()), table
+    assert table[key]["PRUNED"] == 1, "the forced collision should leave one pruned claim"
 
     def host(t):
         return t.system_attrs[search_study.WORKER_ATTR]["host"].removeprefix("host-")
 
-    winners = {point(t): t for t in trials if t.state.name == "COMPLETE"}
-    pruned = [t for t in trials if t.state.name == "PRUNED"]
-    assert [t for t in pruned if point(t) == key], "the forced collision left no pruned claim"
-    assert len([t for t in pruned if point(t) == key]) == 1
-    for loser in pruned:
-        winner = winners[point(loser)]
+    winners = {point_of(t): t for t in trials if t.state.name == "COMPLETE"}
+    for loser in (t for t in trials if t.state.name == "PRUNED"):
+        winner = winners[point_of(loser)]
         assert loser.number > winner.number
         assert loser.system_attrs["aetool:note"] == f"duplicate of trial {winner.number}"
         assert host(loser) != host(winner)
-        assert (host(loser), point(loser)) not in trained, (
+        assert (host(loser), point_of(loser)) not in trained, (
             "the worker whose claim lost trained the point anyway")
