@@ -44,13 +44,16 @@ def test_version():
         (["--schedule", "wavy"], "constant or cosine"),
         (["--warmup-epochs", "-1"], "--warmup-epochs"),
         (["--lr", "abc"], "--lr"),
+        (["--model", "nope"], "Unknown model 'nope'"),
+        (["--model", "wide:depth=0"], "depth must be at least 1"),
+        (["--model", "wide:depth=nan"], "depth must be a whole"),
     ],
 )
 def test_bad_options_exit_2_with_one_clear_message(args, needle, workspace):
     result = invoke("fit", *args)
     assert result.exit_code == 2
-    assert needle in result.output
-    assert "Traceback" not in result.output
+    assert needle in " ".join("".join(" " if c in "│╭╮╰╯─" else c for c in result.output).split())
+    assert "Traceback" not in result.output and not workspace.exists()
 
 
 def test_fit_json_and_run_folder(fake_data_dir, workspace):
