@@ -17,7 +17,7 @@ import torch
 
 from aetool import runs
 from aetool.data import ProgressFn, check_unchanged, load_dataset, to_float
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
 from aetool.steps import evaluate, make_generator
@@ -199,6 +199,17 @@ def run_targets(found: Sequence[runs.Run], device: torch.device | str,
                    run.settings.resize, run.metrics.get("dataset_sha256")) for run in found]
 
 
+def _folder_name(checkpoint: Path) -> str:
+    """The results folder of a bare checkpoint under `--output`: its file name's stem, which
+    must pass the run-name rule (a file named `...pt` would otherwise write into `..`)."""
+    try:
+        return runs.check_run_name(checkpoint.stem)
+    except SettingError:
+        raise SettingError("checkpoint", f"Checkpoint {checkpoint}: its results folder would be "
+                           f"named {checkpoint.stem!r}, which is not allowed (a folder name is "
+                           f"{runs.NAME_RULE}); rename the file.") from None
+
+
 def checkpoint_targets(paths: Sequence[Path | str], device: torch.device | str,
                        eds: Sequence[int] | None = None, output: Path | str | None = None,
                        dataset: str | None = None) -> list[Target]:
@@ -208,11 +219,11 @@ def checkpoint_targets(paths: Sequence[Path | str], device: torch.device | str,
 
     targets = []
     for path in map(Path, paths):
+        folder = None if output is None else Path(output) / _folder_name(path)
         model = load_model(path, None, device)
         if eds and model.encoding_dim not in eds:
             raise AetoolError(f"Checkpoint {path} has encoding dimension {model.encoding_dim}, "
                               f"not {', '.join(map(str, eds))}.")
-        folder = Path(output) / path.stem if output is not None else None
         targets.append(Target(path.stem, model.encoding_dim, model, dataset or "mnist", folder))
     return targets
 

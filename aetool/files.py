@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,39 @@ import torch
 from aetool.errors import AetoolError, first_line
 
 
+def _no_follow() -> int:
+    return getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _cannot_write(path: Path, exc: OSError) -> AetoolError:
+    reason = exc.strerror or first_line(exc)
+    return AetoolError(f"Cannot write {path}: {reason.lower()}.")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes under a temporary name, then rename: never a half-written file."""
+    """Write bytes under a fresh temporary name in the same folder, then rename: never a
+    half-written file.
+
+    The temporary file is created with `O_CREAT | O_EXCL | O_NOFOLLOW` under an unpredictable
+    name, so a file or symbolic link planted in the folder is never opened, and the rename
+    replaces a link at `path` itself rather than the file it points to. A folder that cannot be
+    written gets an `AetoolError` naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(path.parent, exc) from None
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _no_follow(), 0o644)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
 

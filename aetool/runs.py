@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import time
 import warnings
@@ -34,9 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import filelock
 import torch
 
-from aetool.errors import RunError, SettingError
+from aetool.errors import AetoolError, RunError, SettingError
 from aetool.files import jsonable, save_json, save_torch
 from aetool.files import load_json as _load_json
 from aetool.files import load_torch as _load_torch
@@ -142,8 +144,9 @@ class Workspace:
              unreadable: list[Unreadable] | None = None) -> list[Run]:
         return list_runs(self.root, finished_only, unreadable)
 
-    def select(self, names: list[str] | None = None, eds: list[int] | None = None) -> list[Run]:
-        return select_runs(self.root, names, eds)
+    def select(self, names: list[str] | None = None, eds: list[int] | None = None,
+               unreadable: list[Unreadable] | None = None) -> list[Run]:
+        return select_runs(self.root, names, eds, unreadable)
 
     def lock(self, name: str, what: str | None = None, wait: float = 0.0) -> RunLock:
         return RunLock(self.root, name, what, wait)
@@ -171,7 +174,9 @@ class Workspace:
 
 # --------------------------------------------------------------------------- locks
 
-_held: dict[Path, list] = {}  # lock file -> [fd, depth]: re-entrant within one process
+_held: dict[Path, list] = {}  # lock file -> [FileLock, depth]: re-entrant within one process
+_NOTE_LIMIT = 4096  # bytes of a holder's note read at most
+_PID_MAX = 2**31 - 1
 
 
 def _host() -> str:
@@ -180,52 +185,84 @@ def _host() -> str:
 
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` runs on this machine (one we may not signal counts as running)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except (PermissionError, OSError, OverflowError):
         return True
     return True
 
 
-def _try_lock(fd: int) -> bool:
+def _read_note(path: Path) -> dict[str, Any]:
+    """The holder's note beside a lock: `pid` (a plausible process number), `host` and
+    `command` (strings). Whatever else the file holds (a link, a folder, garbage, a huge file,
+    a PID of 1e20) is ignored: the note is only ever used for messages."""
     try:
-        if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-            import msvcrt
-
-            os.lseek(fd, 1 << 20, os.SEEK_SET)  # lock a byte past the holder's note
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
     except OSError:
-        return False
-    return True
-
-
-def _read_note(fd: int) -> dict[str, Any]:
+        return {}
     try:
-        note = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        note = json.loads(os.read(fd, _NOTE_LIMIT) or b"{}")
     except (OSError, ValueError):
         return {}
-    return note if isinstance(note, dict) else {}
+    finally:
+        os.close(fd)
+    if not isinstance(note, dict):
+        return {}
+    clean: dict[str, Any] = {}
+    pid = note.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= _PID_MAX:
+        clean["pid"] = pid
+    for key in ("host", "command"):
+        if isinstance(note.get(key), str):
+            clean[key] = note[key][:200]
+    return clean
+
+
+def _lock_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be aetool's lock file (a link, a folder...), or None when it can."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({(exc.strerror or str(exc)).lower()})"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(mode):
+        return "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
+    return None
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
 
 
 class RunLock:
     """An exclusive lock on one entry of a workspace (a run, or the search results).
 
-    The lock file `ROOT/.NAME.lock` is locked by the operating system (released when the
-    process ends, however it ends) and holds the holder's PID, host and command, so a second
-    command is told who holds it. A note left by a process that died is taken over with a
-    warning. Re-entrant within one process."""
+    The lock file `ROOT/.NAME.lock` is locked with `filelock` (by the operating system:
+    released when the process ends, however it ends; opened without following symbolic links,
+    and refused when it is a link, a folder or anything but a plain file). Beside it the note
+    `ROOT/.NAME.lock.json` holds the holder's PID, host and command, so a second command is
+    told who holds it; a note left by a process that died is taken over with a warning.
+    Re-entrant within one process."""
 
     def __init__(self, root: Path | str, name: str, what: str | None = None,
                  wait: float = 0.0) -> None:
         self.root = Path(root)
         self.name = name
         self.path = self.root / f".{name}.lock"
+        self.note = self.root / f".{name}.lock.json"
         self.what = what or f"Run {name!r}"
         self.wait = wait  # seconds to wait for a holder to finish before giving up
         self._made: list[Path] = []  # folders the lock created, removed again if left empty
@@ -236,39 +273,59 @@ class RunLock:
             _held[key][1] += 1
             return self
         self._made = [p for p in (self.root, *self.root.parents) if not p.exists()]
-        self.root.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.wait
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if not _try_lock(fd):
-                note = _read_note(fd)
-                os.close(fd)
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                holder = f"process {note.get('pid', '?')}"
-                if note.get("host") and note.get("host") != _host():
-                    holder += f" on {note['host']}"
-                raise RunError(f"{self.what} is in use by {holder} "
-                               f"({note.get('command', 'aetool')}); wait for it to finish.")
-            try:  # the holder before us may have removed the file as we opened it
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        note = _read_note(fd)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"Cannot create the workspace {self.root}: "
+                           f"{(exc.strerror or str(exc)).lower()}.") from None
+        lock = self._lock_file()
+        note = _read_note(self.note)
         if note.get("pid") not in (None, os.getpid()) and note.get("host") == _host() \
-                and not pid_alive(int(note["pid"])):
+                and not pid_alive(note["pid"]):
             warnings.warn(f"{self.what} was locked by process {note['pid']}, which stopped "
                           "without releasing it; taking it over.", RunWarning, stacklevel=2)
-        mine = json.dumps({"pid": os.getpid(), "host": _host(),
-                           "command": " ".join(["aetool", *sys.argv[1:2]])}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, mine, 0)
-        _held[key] = [fd, 1]
+        _held[key] = [lock, 1]
+        mine = {"pid": os.getpid(), "host": _host(),
+                "command": " ".join(["aetool", *sys.argv[1:2]])}
+        try:
+            save_json(self.note, mine)
+        except AetoolError:
+            self.release()
+            raise
         return self
+
+    def _lock_file(self) -> filelock.FileLock:
+        """The held `FileLock` of `self.path`. The file is removed again on release (while
+        still held), so a lock won on a file that its holder removed meanwhile is let go and
+        taken again on the new file."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            problem = _lock_path_problem(self.path)
+            if problem is not None:
+                raise RunError(f"{self.path} {problem}, not a lock file aetool made; remove it "
+                               "(when no aetool command is running) and try again.")
+            fds: list[int] = []
+            lock = filelock.FileLock(str(self.path), timeout=max(0.0, deadline - time.monotonic()),
+                                     mode=0o644, on_acquired=fds.append)
+            try:
+                lock.acquire(poll_interval=0.05)
+            except filelock.Timeout:
+                raise RunError(self._in_use()) from None
+            except OSError as exc:
+                problem = _lock_path_problem(self.path) or \
+                    f"cannot be opened ({(exc.strerror or str(exc)).lower()})"
+                raise RunError(f"Cannot lock {self.what}: {self.path} {problem}.") from None
+            if fds and _same_file(self.path, fds[-1]):
+                return lock
+            lock.release()
+
+    def _in_use(self) -> str:
+        note = _read_note(self.note)
+        holder = f"process {note.get('pid', '?')}"
+        if note.get("host") and note.get("host") != _host():
+            holder += f" on {note['host']}"
+        return (f"{self.what} is in use by {holder} ({note.get('command', 'aetool')}); wait for "
+                "it to finish.")
 
     def release(self) -> None:
         key = self.path.absolute()
@@ -278,8 +335,9 @@ class RunLock:
         entry[1] -= 1
         if entry[1] == 0:
             del _held[key]
-            self.path.unlink(missing_ok=True)  # while still locked: no one else can hold it
-            os.close(entry[0])
+            self.note.unlink(missing_ok=True)  # while still locked: no one else writes them
+            self.path.unlink(missing_ok=True)
+            entry[0].release()
             for folder in self._made:  # a workspace made for a command that wrote nothing
                 try:
                     folder.rmdir()
@@ -308,19 +366,63 @@ def _staging(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
 
 
+def _staged(path: Path, kind: str) -> list[Path]:
+    """The staging folders of run `path` exactly (`.NAME.KIND-PID`), never another run's: with
+    runs `a` and `a.new-x`, `.a.new-x.old-7` belongs to `a.new-x` alone."""
+    pattern = re.compile(re.escape(f".{path.name}.{kind}-") + r"[0-9]+")
+    try:
+        children = sorted(path.parent.iterdir())
+    except OSError:
+        return []
+    return [child for child in children if pattern.fullmatch(child.name)]
+
+
 def recover(path: Path) -> None:
     """Tidy what an earlier command on run `path` left when it was killed: a new run that never
     finished its first epoch is removed, and an old run it was replacing is put back (or
     removed, when the new one had taken its place). Call with the run's lock held."""
-    for leftover in path.parent.glob(f".{path.name}.new-*"):
+    for leftover in _staged(path, "new"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for old in path.parent.glob(f".{path.name}.old-*"):
-        if path.exists():
+    for old in _staged(path, "old"):
+        if path.exists() or path.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, path)
             warnings.warn(f"Restored {path}: the command that was replacing it stopped before "
                           "its first epoch.", RunWarning, stacklevel=2)
+
+
+# What aetool itself writes into a run folder; `--force` replaces only a folder holding these.
+RUN_FILES = {CONFIG, HISTORY, MODEL, STATE, METRICS, NOISE_TABLE, NOISE_EXAMPLES, EMBEDDING_NPZ,
+             EMBEDDING_JSON}
+_RUN_FILE = re.compile(r"latent_[a-z0-9_]+\.png|\..+\.tmp")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What in folder `path` aetool did not write: sub-folders, links and files other than a
+    run's (sorted); empty for a run folder aetool made (or an empty folder)."""
+    foreign = []
+    for child in sorted(path.iterdir()):
+        ours = child.name in RUN_FILES or _RUN_FILE.fullmatch(child.name)
+        if not ours or child.is_symlink() or not child.is_file():
+            foreign.append(child.name + ("/" if child.is_dir() else ""))
+    return foreign
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse (`SettingError` on `replace`) to replace `path` unless it is a run aetool made:
+    a folder (not a link) holding a config.json and only the files aetool writes."""
+    if path.is_symlink():
+        raise SettingError("replace", f"{path} is a symbolic link, not a run folder; --force "
+                           "replaces only runs aetool made.")
+    if not path.is_dir():
+        return
+    foreign = foreign_entries(path)
+    if foreign or (any(path.iterdir()) and not (path / CONFIG).is_file()):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SettingError("replace", f"{path} is not an aetool run (it holds "
+                           f"{shown or 'no ' + CONFIG}); --force replaces only runs aetool "
+                           "made: move the folder away or pick another name.")
 
 
 class RunWriter:
@@ -339,31 +441,42 @@ class RunWriter:
     def check(self) -> dict[str, Any] | None:
         """Refuse a start that would lose work; return the saved state when resuming."""
         recover(self.path)
+        if self.path.is_symlink():
+            raise RunError(f"{self.path} is a symbolic link, not a run folder; aetool writes "
+                           "only into folders of its own workspace.")
         if self.resume:
-            if (self.path / METRICS).exists():
-                raise RunError(f"{self.path} is already finished; there is nothing to resume.")
-            if not (self.path / STATE).exists():
-                raise RunError(f"{self.path} has no {STATE} to resume from.")
-            state = load_torch(self.path / STATE)
-            if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-                raise RunError(f"{self.path / STATE} does not hold a training state.")
-            return state
+            return self._resume_state()
         if self.path.exists() and not self.path.is_dir():
             raise RunError(f"{self.path} is a file, not a run folder.")
-        if not self.replace and self.path.is_dir():
-            if (self.path / METRICS).exists():
-                raise RunError(f"{self.path} already holds a finished run; pick another name "
-                               "or replace it (`aetool fit --force`).")
-            if (self.path / STATE).exists():
-                raise RunError(f"{self.path} holds an unfinished run; resume it or replace it "
-                               "(`aetool fit --resume` or `--force`).")
-            others = sorted(p.name for p in self.path.iterdir() if p.name != CONFIG)
-            if others:
-                raise RunError(f"{self.path} already exists and is not an aetool run (it holds "
-                               f"{', '.join(others[:3])}); pick another name.")
+        if self.replace:
+            check_replaceable(self.path)
+        elif self.path.is_dir():
+            self._check_new()
         self._pending = _staging(self.path, "new")
         shutil.rmtree(self._pending, ignore_errors=True)
         return None
+
+    def _resume_state(self) -> dict[str, Any]:
+        if (self.path / METRICS).exists():
+            raise RunError(f"{self.path} is already finished; there is nothing to resume.")
+        if not (self.path / STATE).exists():
+            raise RunError(f"{self.path} has no {STATE} to resume from.")
+        state = load_torch(self.path / STATE)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise RunError(f"{self.path / STATE} does not hold a training state.")
+        return state
+
+    def _check_new(self) -> None:
+        if (self.path / METRICS).exists():
+            raise RunError(f"{self.path} already holds a finished run; pick another name "
+                           "or replace it (`aetool fit --force`).")
+        if (self.path / STATE).exists():
+            raise RunError(f"{self.path} holds an unfinished run; resume it or replace it "
+                           "(`aetool fit --resume` or `--force`).")
+        others = sorted(p.name for p in self.path.iterdir() if p.name != CONFIG)
+        if others:
+            raise RunError(f"{self.path} already exists and is not an aetool run (it holds "
+                           f"{', '.join(others[:3])}); pick another name.")
 
     @property
     def folder(self) -> Path:
@@ -411,21 +524,23 @@ class RunWriter:
 # --------------------------------------------------------------------------- reading runs
 
 
+# What metrics.json and history.json may hold (`aetool.checks`): a test MSE or loss that is
+# not a number (a model that diverged) is a result to show, written as null or "inf".
+METRICS_FIELDS = {
+    "test_mse": "loss", "best_val_loss": "loss", "final_train_loss": "loss",
+    "best_epoch": "int", "epochs": "int", "train_seconds": "seconds",
+    "seconds_per_epoch": "seconds", "train_images": "int?", "val_images": "int?",
+    "test_images": "int?", "parameters": "int?", "dataset_sha256": "str?",
+    "stopped_early": "bool?", "environment": "scalars", "time_budget": "dict?",
+}
+HISTORY_FIELDS = {"epoch": "count", "train_loss": "loss", "val_loss": "loss", "lr": "number?",
+                  "seconds": "seconds?"}
+
+
 def _check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
-    if not isinstance(metrics, dict):
-        raise RunError(f"{path} must hold a JSON object, got {type(metrics).__name__}.")
-    numbers = {"test_mse": (int, float), "best_val_loss": (int, float),
-               "train_seconds": (int, float), "best_epoch": (int,), "epochs": (int,)}
-    for key, kinds in numbers.items():
-        value = metrics.get(key)
-        if key in metrics and (isinstance(value, bool) or not isinstance(value, kinds)
-                               or value < 0):
-            raise RunError(f"{path}: {key!r} must be a number of at least 0, got {value!r}.")
-    if "test_mse" not in metrics:
-        raise RunError(f"{path} has no 'test_mse'.")
-    if "environment" in metrics and not isinstance(metrics["environment"], dict):
-        raise RunError(f"{path}: 'environment' must be a JSON object.")
-    return metrics
+    from aetool.checks import check_object
+
+    return check_object(path, metrics, METRICS_FIELDS, required=("test_mse",))
 
 
 @dataclass
@@ -453,17 +568,43 @@ class Run:
         return bool(self.metrics)
 
     def history(self) -> list[dict[str, Any]]:
+        """The epochs of history.json, each checked (losses as floats, NaN allowed)."""
+        from aetool.checks import check_list
+
         path = self.path / HISTORY
         history = load_json(path) if path.exists() else []
-        if not isinstance(history, list):
-            raise RunError(f"{path} must hold a JSON list of epochs.")
-        return history
+        return check_list(path, history, HISTORY_FIELDS, entry="epoch")
 
     def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201 (nn.Module)
-        """The run's best weights in its own architecture (`config.json`'s model), eval mode."""
+        """The run's best weights in its own architecture (`config.json`'s model), eval mode.
+        A model no plugin here provides is a `RunError` naming the run and its config.json."""
         from aetool.models import load_weights
 
-        return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+        try:
+            return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+        except SettingError as exc:
+            raise self.unavailable("model", self.settings.model, exc) from None
+
+    def dataset(self) -> tuple[str, bool]:
+        """The data set the run was trained on and its `resize`, after checking it is there (a
+        `RunError` naming the run and its config.json when it is not)."""
+        from aetool.data import check_dataset
+
+        settings = self.settings
+        try:
+            return check_dataset(settings.dataset, settings.resize), settings.resize
+        except SettingError as exc:
+            raise self.unavailable("data set", settings.dataset, exc) from None
+
+    def unavailable(self, what: str, value: str, exc: Exception) -> RunError:
+        """The sentence for a run whose config.json names a model or data set (`what`) that
+        cannot be had here."""
+        from aetool.errors import first_line
+
+        return RunError(f"Run {self.name!r} cannot be loaded: {self.path / CONFIG} names the "
+                        f"{what} {value!r}, which is not available here "
+                        f"({first_line(exc).rstrip('.')}); install the plugin or restore the "
+                        "files it was trained with.")
 
 
 def open_run(path: Path | str) -> Run:
@@ -501,18 +642,24 @@ def list_runs(root: Path | str | None = None, finished_only: bool = True,
     root = workspace_root(root)
     if not root.is_dir():
         return []
+    try:
+        children = sorted(root.iterdir())
+    except OSError as exc:
+        raise RunError(f"Cannot read the workspace {root}: "
+                       f"{(exc.strerror or str(exc)).lower()}.") from None
     found = []
-    for child in sorted(root.iterdir()):
-        if child.name in RESERVED or child.name.startswith(".") or not child.is_dir():
-            continue
-        if not (child / CONFIG).exists() or not (child / MODEL).exists():
-            continue
+    for child in children:
         try:
+            if child.name in RESERVED or child.name.startswith(".") or not child.is_dir() \
+                    or not (child / CONFIG).exists() or not (child / MODEL).exists():
+                continue
             run = open_run(child)
-        except RunError as exc:
+        except (OSError, RunError) as exc:  # damaged, or a folder that cannot be read
+            error = exc if isinstance(exc, RunError) else RunError(
+                f"Cannot read {child}: {(exc.strerror or str(exc)).lower()}.")
             if unreadable is None:
-                raise
-            unreadable.append(Unreadable(child.name, str(exc)))
+                raise error from None
+            unreadable.append(Unreadable(child.name, str(error)))
             continue
         if finished_only and not run.finished:
             continue
@@ -521,21 +668,25 @@ def list_runs(root: Path | str | None = None, finished_only: bool = True,
 
 
 def select_runs(
-    root: Path | str | None = None, names: list[str] | None = None, eds: list[int] | None = None
+    root: Path | str | None = None, names: list[str] | None = None,
+    eds: list[int] | None = None, unreadable: list[Unreadable] | None = None,
 ) -> list[Run]:
-    """Runs picked by name (`names`) or encoding dimension (`eds`); all finished by default."""
+    """Runs picked by name (`names`) or encoding dimension (`eds`); all finished by default.
+
+    A named run that cannot be read is a `RunError`. Without names, a damaged run is one too,
+    unless `unreadable` is a list: then it is skipped and appended there (`list_runs`)."""
     root = workspace_root(root)
     if names:
         picked = [open_run(run_path(root, n)) for n in names]
     else:
-        picked = list_runs(root)
-        if not picked:
+        picked = list_runs(root, unreadable=unreadable)
+        if not picked and not unreadable:
             raise RunError(
                 f"No finished runs in {root}; train one with `aetool fit --ed 4` "
                 "or point --runs / AETOOL_RUNS at your workspace."
             )
     if eds:
         picked = [r for r in picked if r.ed in eds]
-        if not picked:
+        if not picked and not unreadable:
             raise RunError(f"No run in {root} has encoding dimension {', '.join(map(str, eds))}.")
     return picked

@@ -262,13 +262,13 @@ def test_a_stale_lock_is_taken_over_with_a_warning(finished, fake_data_dir):
     _, workspace = finished
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (workspace / ".ed4.lock").write_text(json.dumps(
+    (workspace / ".ed4.lock.json").write_text(json.dumps(
         {"pid": dead.pid, "host": socket.gethostname(), "command": "aetool fit"}))
     result = invoke("corrupt", "--run", "ed4", "--noise", "original", "--device", "cpu",
                     "--data-dir", fake_data_dir)
     assert result.exit_code == 0, result.output
     assert f"locked by process {dead.pid}" in result.output and "taking it over" in result.output
-    assert not (workspace / ".ed4.lock").exists()
+    assert not (workspace / ".ed4.lock").exists() and not (workspace / ".ed4.lock.json").exists()
 
 
 def test_the_lock_is_reentrant_and_released(tmp_path):

@@ -162,6 +162,12 @@ def usage_error(exc: SettingError, options: dict[str, str]) -> typer.BadParamete
     return typer.BadParameter(message, param_hint=f"'{option}'")
 
 
+def os_error_sentence(exc: OSError) -> str:
+    """`PermissionError(13, 'Permission denied', '/x')` as "Cannot use /x: permission denied."."""
+    reason = (exc.strerror or type(exc).__name__).lower()
+    return f"Cannot use {exc.filename}: {reason}."
+
+
 def _show_warning(message: Any, category: type, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
     warn(str(message))
@@ -197,6 +203,10 @@ def handle_errors(func: F) -> F:
             raise usage_error(exc, options) from None
         except AetoolError as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:  # the environment (a folder we may not read or write), not a bug
+            if exc.filename is None:
+                raise
+            raise fail(os_error_sentence(exc)) from None
         except KeyboardInterrupt:
             stderr.print("[yellow]Interrupted.[/] Finished work is saved.")
             raise typer.Exit(130) from None
