@@ -473,6 +473,7 @@ def resolve_dataset(value: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataSettingError("dataset", f"dataset must name a data set, got {value!r}.")
     if value in registered_datasets():
+        get_dataset(value)  # a name two packages register is refused here, naming both
         return value
     path = Path(value).expanduser()
     if os.sep in value or "/" in value or path.suffix.lower() == ".npz" or path.exists():

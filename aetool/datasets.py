@@ -50,7 +50,8 @@ def registered_datasets() -> dict[str, Dataset]:
     The first plugin to register a name keeps it; a later one gets a `PluginWarning` naming
     both. A plugin whose hook raises, or that registers something that is not a `Dataset`,
     gets a warning; the others keep working (`aetool.plugins.collect`)."""
-    return plugins.collect("register_datasets", Dataset, "data set")
+    return plugins.collect("register_datasets", Dataset, "data set", field="dataset",
+                           error=DataSettingError)
 
 
 def get_dataset(name: str) -> Dataset:

@@ -49,10 +49,11 @@ class ModelSpec:
 
     model: Model
     params: dict[str, Any] = field(default_factory=dict)
+    spelled: str | None = None  # the name as given (`PACKAGE/NAME` where two packages clash)
 
     @property
     def name(self) -> str:
-        return self.model.name
+        return self.spelled or self.model.name
 
     @property
     def spec(self) -> str:
@@ -74,7 +75,7 @@ class ModelSpec:
 
 def registered_models() -> dict[str, Model]:
     """Every model the plugins register, by name, each with `.plugin` set to its plugin."""
-    return plugins.collect("register_models", Model, "model")
+    return plugins.collect("register_models", Model, "model", field="model")
 
 
 def get_model(name: str) -> Model:
@@ -98,7 +99,7 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
         raise
     except AetoolError as exc:
         raise SettingError("model", f"Model {spec!r}: {exc}") from None
-    return ModelSpec(model, values)
+    return ModelSpec(model, values, name if "/" in name else None)
 
 
 def resolve_model_spec(spec: str | None) -> str:
@@ -125,8 +126,10 @@ def check_contract(module: Any, ed: int, spec: ModelSpec) -> None:
     x = torch.rand(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
     try:
         z = module.encode(x)
-        out = {"encode": (z, (2, ed)), "decode": (module.decode(z), (2, 1, SIDE, SIDE)),
-               "forward": (module(x), (2, 1, SIDE, SIDE))}
+        out = {"encode": (z, (2, ed))}
+        if isinstance(z, torch.Tensor) and tuple(z.shape) == (2, ed):  # else decode fails on it
+            out.update(decode=(module.decode(z), (2, 1, SIDE, SIDE)),  # in torch's words
+                       forward=(module(x), (2, 1, SIDE, SIDE)))
     except Exception as exc:  # noqa: BLE001 - any failure on the dummy batch is the plugin's
         raise SettingError("model", f"{where} fails on a batch of 28x28 images: "
                            f"{type(exc).__name__}: {exc}") from None
@@ -135,7 +138,10 @@ def check_contract(module: Any, ed: int, spec: ModelSpec) -> None:
     for method, (value, shape) in out.items():
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise SettingError("model", f"{where}: {method} returned shape {got}, not {shape}.")
+            codes = f" ({ed} numbers per image, the encoding dimension)" if method == "encode" \
+                else ""
+            raise SettingError("model", f"{where}: {method} returned shape {got}, not "
+                               f"{shape}{codes}.")
     for method in ("decode", "forward"):
         value = out[method][0]
         if not bool(((value >= 0) & (value <= 1)).all()):
@@ -146,19 +152,78 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def expected_state(spec: str | None, ed: int) -> dict[str, torch.Tensor] | None:
+    """The state_dict the model `spec` has at `ed`, as tensors on PyTorch's `meta` device
+    (shapes and dtypes, no memory), or None when the model cannot be built that way. A
+    `SettingError` when the spec is unknown or bad."""
+    parsed = parse_model_spec(spec)
+    try:
+        with torch.device("meta"):
+            module = parsed.model.build(ed, **parsed.params)
+        return dict(module.state_dict()) if isinstance(module, nn.Module) else None
+    except Exception:  # noqa: BLE001 - a plugin's constructor may not support `meta`
+        return None
+
+
+def parameter_count(spec: str | None, ed: int) -> int | None:
+    """How many weights the model `spec` has at `ed`, counted without allocating them (None
+    when the model cannot be built here)."""
+    try:
+        parsed = parse_model_spec(spec)
+        with torch.device("meta"):
+            module = parsed.model.build(ed, **parsed.params)
+        return count_parameters(module) if isinstance(module, nn.Module) else None
+    except Exception:  # noqa: BLE001 - unknown model, bad parameters, a plugin's error
+        return None
+
+
+def state_mismatch(state: dict[str, Any], expected: dict[str, torch.Tensor]) -> str | None:
+    """How checkpoint `state` differs from the state_dict `expected` (keys, shapes, kinds of
+    number), in a few words; None when it fits."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        return (f"it lacks {missing[0]!r}" if missing else f"it has an unknown entry "
+                f"{str(extra[0])[:60]!r}")
+    for key, want in expected.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{key} has shape {tuple(got.shape)}, not {tuple(want.shape)}"
+        if want.is_floating_point() and not got.is_floating_point():
+            return f"{key} holds {str(got.dtype).replace('torch.', '')} values, not floats"
+    return None
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse weights that are NaN or infinite: a damaged file, or a training that diverged."""
+    for key, value in state.items():
+        if (value.is_floating_point() or value.is_complex()) and not bool(
+                torch.isfinite(value).all()):
+            raise AetoolError(f"{path} holds weights that are not finite numbers (NaN or "
+                              f"infinite, in {key}); the file is damaged or the training "
+                              "diverged.")
+
+
 def load_weights(spec: str | None, ed: int, path: Path | str,
                  device: torch.device | str = "cpu") -> nn.Module:
     """The model `spec` for `ed` with the weights of checkpoint `path` (a bare state_dict,
-    read safely), in eval mode; a checkpoint of another model or ED is one sentence."""
+    read safely), in eval mode. A checkpoint of another model or ED (checked before the model
+    is built, so a damaged file never makes a huge one) or with weights that are not finite
+    is one sentence naming the file; a `SettingError` when the spec cannot be built."""
     from aetool.model import load_state_dict_file
 
     state = load_state_dict_file(path)
+    wanted = f"a {spec or DEFAULT_MODEL!r} model with encoding dimension {ed}"
+    expected = expected_state(spec, ed)
+    problem = state_mismatch(state, expected) if expected is not None else None
+    if problem is not None:
+        raise AetoolError(f"{path} does not hold the weights of {wanted} ({problem}).")
+    check_finite(state, path)
     module = build_model(spec, ed)
     try:
         module.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError):
-        raise AetoolError(f"{path} does not hold the weights of a {spec or DEFAULT_MODEL!r} model "
-                          f"with encoding dimension {ed}.") from None
+    except Exception:  # noqa: BLE001 - any mismatch PyTorch finds, in any words
+        raise AetoolError(f"{path} does not hold the weights of {wanted}.") from None
     return module.to(device).eval()
 
 

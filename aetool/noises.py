@@ -12,6 +12,7 @@ alternatives separated by `|` to sweep, so `gaussian:sigma=0.1|0.3` is two confi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -151,7 +152,8 @@ def registered_noises() -> dict[str, Noise]:
     it, and a later one gets a `PluginWarning` naming both. A plugin whose hook raises or
     registers something that is not a `Noise` gets a warning; the others keep working.
     """
-    return plugins.collect("register_noises", Noise, "noise", reserved=(ORIGINAL_NAME,))
+    return plugins.collect("register_noises", Noise, "noise", reserved=(ORIGINAL_NAME,),
+                           field="noise")
 
 
 def get_noise(name: str) -> Noise:
@@ -173,6 +175,8 @@ def parse_noise_spec(spec: str) -> list[ConfiguredNoise]:
     """`NAME` or `NAME:param=value,...` (a value may be `a|b|c`) -> one noise per combination."""
     name, pairs = split_spec(spec, "noise")
     noise = get_noise(name)
+    if "/" in name:  # `PACKAGE/NAME`: runs and tables keep the package it was given with
+        noise = dataclasses.replace(noise, name=name)
     alternatives: dict[str, list[Any]] = {}
     for key, value in pairs:
         param = noise.param(key)

@@ -21,6 +21,7 @@ from typing import Any
 import pluggy
 
 from aetool import hookspecs
+from aetool.errors import SettingError
 
 DEFAULT_PLUGINS = (
     "aetool.default_plugins.gaussian",
@@ -132,31 +133,96 @@ def hook_implementations(hook_name: str) -> list[Any]:
 
 # --------------------------------------------------------------------------- registries
 
+def package_of(plugin_name: str | None) -> str:
+    """The package a plugin came from, as qualified names spell it: its distribution's name,
+    `aetool` for the built-ins, else the plugin's own name (one registered by hand)."""
+    if not plugin_name:
+        return "?"
+    dist = _distributions.get(plugin_name)
+    if dist is not None:
+        return dist[0]
+    return "aetool" if plugin_name in DEFAULT_PLUGINS else plugin_name
+
+
+class Registry(dict):
+    """What the plugins registered for one kind, by name: a plain dict of the unambiguous names,
+    plus `PACKAGE/NAME` for each name that two packages register (`clashes`).
+
+    Every entry can also be looked up by its qualified name `PACKAGE/NAME` (`aetool/course`);
+    looking up a name that two packages register raises `error(field, ...)` naming both
+    packages and the qualified spellings."""
+
+    def __init__(self, what: str, field: str, error: type[SettingError] = SettingError) -> None:
+        super().__init__()
+        self.what, self.field, self.error = what, field, error
+        self.qualified: dict[str, Any] = {}
+        self.clashes: dict[str, list[str]] = {}  # name -> the qualified names that share it
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.qualified or name in self.clashes
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.clashes:
+            spelled = " or ".join(f"'{q}'" for q in self.clashes[name])
+            packages = " and ".join(q.split("/")[0] for q in self.clashes[name])
+            raise self.error(self.field, f"{self.what.capitalize()} {name!r} is registered by "
+                             f"both {packages}; write {spelled}.")
+        if not super().__contains__(name) and name in self.qualified:
+            return self.qualified[name]
+        return super().__getitem__(name)
+
+    def get(self, name: Any, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+    def add(self, item: Any) -> None:
+        qualified = f"{package_of(item.plugin)}/{item.name}"
+        if qualified in self.qualified:
+            warn(f"{self.what.capitalize()} {item.name!r} from aetool plugin {item.plugin} is "
+                 f"ignored: its package already registered {qualified!r}.")
+            return
+        self.qualified[qualified] = item
+        if item.name in self.clashes:
+            self.clashes[item.name].append(qualified)
+            self[qualified] = item
+        elif super().__contains__(item.name):
+            first = super().pop(item.name)
+            self.clashes[item.name] = [f"{package_of(first.plugin)}/{first.name}", qualified]
+            self[self.clashes[item.name][0]] = first
+            self[qualified] = item
+        else:
+            self[item.name] = item
+
+
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _registries: dict[str, tuple[tuple, dict[str, Any]]] = {}  # hook -> (plugins asked, found)
 
 
-def collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...] = ()
-            ) -> dict[str, Any]:
+def collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...] = (),
+            field: str | None = None, error: type[SettingError] = SettingError) -> Registry:
     """Everything the plugins register through `hook_name(register)`, by name, each a `kind`
     (a frozen dataclass with `name` and `plugin` fields) with `.plugin` set to its plugin.
 
-    Plugins are asked in the order they were registered; the first to register a name keeps
-    it, and a later one gets a `PluginWarning` naming both. A plugin whose hook raises, or that
-    registers something else or a bad name, gets a warning; the others keep working. The
-    result is cached until the set of plugins changes."""
+    Plugins are asked in the order they were registered. A name that two packages register
+    is listed and looked up only as `PACKAGE/NAME` (see `Registry`); every name can be spelled
+    that way. A plugin whose hook raises, or that registers something else or a bad name, gets a
+    warning; the others keep working. The result is cached until the set of plugins changes;
+    `field` (default: `what`) is the setting a failed lookup names, raised as `error`."""
     load_plugins()
     with _loading:
-        return dict(_collect(hook_name, kind, what, reserved))
+        found = _collect(hook_name, kind, what, reserved)
+        registry = Registry(what, field or what, error)
+        for item in found:
+            registry.add(item)
+        return registry
 
 
 def _collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...]
-             ) -> dict[str, Any]:
+             ) -> list[Any]:
     key = tuple(pm.list_name_plugin())  # holds the plugins: ids cannot be reused
     cached = _registries.get(hook_name)
     if cached is not None and _same_plugins(cached[0], key):
         return cached[1]
-    found: dict[str, Any] = {}
+    found: list[Any] = []
     for impl in hook_implementations(hook_name):
         plugin_name = impl.plugin_name
 
@@ -178,7 +244,7 @@ def _same_plugins(old: tuple, new: tuple) -> bool:
     )
 
 
-def _add(found: dict[str, Any], item: Any, plugin_name: str, kind: type, what: str,
+def _add(found: list[Any], item: Any, plugin_name: str, kind: type, what: str,
          reserved: tuple[str, ...]) -> None:
     if not isinstance(item, kind):
         warn(f"aetool plugin {plugin_name} registered {item!r}, which is not an "
@@ -188,8 +254,4 @@ def _add(found: dict[str, Any], item: Any, plugin_name: str, kind: type, what: s
         warn(f"aetool plugin {plugin_name} registered a {what} named {item.name!r}, which is "
              "reserved or not a valid name (letters, digits, _ . -); it is ignored.")
         return
-    if item.name in found:
-        warn(f"{what.capitalize()} {item.name!r} from aetool plugin {plugin_name} is ignored: "
-             f"plugin {found[item.name].plugin} already registered it.")
-        return
-    found[item.name] = dataclasses.replace(item, plugin=plugin_name)
+    found.append(dataclasses.replace(item, plugin=plugin_name))

@@ -98,10 +98,32 @@ def test_a_taken_name_or_a_broken_plugin_warns_and_the_rest_works(plugin):
         warnings.simplefilter("always")
         found = registered_datasets()
     messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
-    assert any("'mnist' from aetool plugin thief is ignored" in m for m in messages)
     assert any("broken failed in register_datasets" in m and "boom" in m for m in messages)
     assert any("'bad/name'" in m for m in messages) and any("not an" in m for m in messages)
-    assert found["mnist"].plugin == "aetool.default_plugins.mnist" and "kmnist" in found
+    assert found["aetool/mnist"].plugin == "aetool.default_plugins.mnist" and "kmnist" in found
+    assert found["thief/mnist"].plugin == "thief"
+    with pytest.raises(DataSettingError, match="both aetool and thief; write 'aetool/mnist' "
+                                               "or 'thief/mnist'"):
+        load_dataset("mnist", ".")
+
+
+def test_a_qualified_data_set_name_loads_and_a_clash_is_exit_2(plugin, tmp_path, fake_data_dir,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plugin("tiny-a", register_datasets=lambda register: register(
+        Dataset("tiny", "Sixty fake digits.", tiny_arrays, classes=tuple("0123456789"))))
+    plugin("tiny-b", register_datasets=lambda register: register(
+        Dataset("tiny", "The same, from elsewhere.", tiny_arrays, classes=tuple("0123456789"))))
+    loaded = load_dataset("tiny-b/tiny", tmp_path)
+    assert loaded.train_images.shape == (60, 1, 28, 28)
+    assert load_dataset("aetool/mnist", fake_data_dir).train_images.shape[0] == 600
+    from typer.testing import CliRunner
+
+    from aetool.cli import app
+
+    result = CliRunner().invoke(app, ["fit", "--dataset", "tiny", "--max-epochs", "1"])
+    assert result.exit_code == 2 and "'tiny-a/tiny' or 'tiny-b/tiny'" in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_plugin_that_returns_bad_arrays_gets_one_sentence(plugin, tmp_path):

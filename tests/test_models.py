@@ -201,9 +201,11 @@ def test_a_taken_name_or_a_broken_plugin_warns_and_the_rest_works():
         finally:
             plugins.pm.unregister(name="broken-plugin")
     messages = [str(w.message) for w in caught]
-    assert any("Model 'course' from aetool plugin test-models is ignored" in m for m in messages)
     assert any("broken-plugin failed in register_models" in m for m in messages)
-    assert found["course"].plugin == "aetool.default_plugins.course"
+    assert found["aetool/course"].plugin == "aetool.default_plugins.course"
+    assert found["test-models/course"].plugin == "test-models"
+    with pytest.raises(SettingError, match="both aetool and test-models"):
+        found["course"]
     assert "wide" in found
 
 
@@ -447,3 +449,24 @@ def test_the_example_package_is_wired_as_the_guide_says():
             parse_model_spec("mlp:layers=9")
         finally:
             plugins.pm.unregister(module)
+
+
+def test_a_model_name_two_packages_register_needs_its_package(tmp_path, fake_data_dir):
+    """Issue 21: `course` from a second package is refused unqualified (exit 2, before
+    anything is written); `aetool/course` trains, and the run reads back with that name."""
+    from aetool.model import Autoencoder
+
+    common = ["--ed", "4", "--max-epochs", "1", "--batch-size", "100", "--val-size", "100",
+              "--device", "cpu", "--data-dir", fake_data_dir, "--runs", tmp_path / "ws"]
+    with Plugin(Model("course", "a copy", Autoencoder)):
+        refused = invoke("fit", *common, "--model", "course")
+        assert refused.exit_code == 2, refused.output
+        assert "'aetool/course' or 'test-models/course'" in " ".join(refused.output.split())
+        assert not (tmp_path / "ws").exists()
+        trained = invoke("fit", *common, "--model", "aetool/course")
+        assert trained.exit_code == 0, trained.output
+        saved = json.loads((tmp_path / "ws" / "ed4" / "config.json").read_text())
+        assert saved["model"] == "aetool/course"
+        again = invoke("corrupt", "--run", "ed4", "--noise", "original", "--device", "cpu",
+                       "--data-dir", fake_data_dir, "--runs", tmp_path / "ws")
+        assert again.exit_code == 0, again.output

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from aetool import plugins, runs
 from aetool.cli import app
 from aetool.cli.noises import check_noise_option
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 from aetool.hookspecs import hookimpl
 from aetool.noises import (
     DEFAULT_NOISE_SPECS,
@@ -284,18 +284,26 @@ def test_fit_noise_option_check_is_a_usage_error():
 # --------------------------------------------------------------------------- broken plugins
 
 
-def test_a_name_registered_twice_warns_naming_both_and_the_first_wins():
+def test_a_name_registered_by_two_packages_is_refused_unqualified():
+    """Issue 21: no silent winner; both stay reachable as PACKAGE/NAME."""
     plugins.load_plugins()
     duplicate = DuplicatePlugin()
     plugins.pm.register(duplicate, name="duplicate-plugin")
     try:
-        with pytest.warns(PluginWarning, match="duplicate-plugin") as caught:
-            noises = registered_noises()
-        assert "aetool.default_plugins.gaussian" in str(caught[0].message)
-        assert noises["gaussian"].plugin == "aetool.default_plugins.gaussian"
+        noises = registered_noises()
+        with pytest.raises(SettingError, match="both aetool and duplicate-plugin") as caught:
+            noises["gaussian"]
+        assert "'aetool/gaussian' or 'duplicate-plugin/gaussian'" in str(caught.value)
+        assert noises["aetool/gaussian"].plugin == "aetool.default_plugins.gaussian"
+        assert noises["duplicate-plugin/gaussian"].plugin == "duplicate-plugin"
         assert noises["fine"].plugin == "duplicate-plugin"
-        result = invoke("noises")
+        result = invoke("noises", "--json")
         assert result.exit_code == 0
+        listed = [row["name"] for row in json.loads(result.stdout)]
+        assert {"aetool/gaussian", "duplicate-plugin/gaussian", "fine"} <= set(listed)
+        assert "gaussian" not in listed
+        refused = invoke("corrupt", "--noise", "gaussian:sigma=0.1", "--checkpoint", "x.pt")
+        assert refused.exit_code == 2 and "duplicate-plugin/gaussian" in refused.output
     finally:
         plugins.pm.unregister(duplicate)
 
