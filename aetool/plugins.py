@@ -144,6 +144,19 @@ def package_of(plugin_name: str | None) -> str:
     return "aetool" if plugin_name in DEFAULT_PLUGINS else plugin_name
 
 
+def provided_by(plugin_name: str | None) -> dict[str, Any]:
+    """Where a registered thing came from, as runs record it: `package` (the distribution,
+    `aetool` for the built-ins) and its `version` (None for a plugin registered by hand)."""
+    dist = _distributions.get(plugin_name or "")
+    if dist is not None:
+        return {"package": dist[0], "version": dist[1], "plugin": plugin_name}
+    if plugin_name in DEFAULT_PLUGINS:
+        from aetool import __version__
+
+        return {"package": "aetool", "version": __version__, "plugin": plugin_name}
+    return {"package": package_of(plugin_name), "version": None, "plugin": plugin_name}
+
+
 class Registry(dict):
     """What the plugins registered for one kind, by name: a plain dict of the unambiguous names,
     plus `PACKAGE/NAME` for each name that two packages register (`clashes`).

@@ -432,10 +432,12 @@ class RunWriter:
     `resume`: continue the unfinished run in `path`. `replace`: a run already in `path` is
     replaced, but only once the new run has saved its first epoch; until then it stays."""
 
-    def __init__(self, path: Path | str, *, resume: bool = False, replace: bool = False) -> None:
+    def __init__(self, path: Path | str, *, resume: bool = False, replace: bool = False,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.resume = resume
         self.replace = replace
+        self.provenance = provenance  # config.json's record of what provided model and data
         self._pending: Path | None = None  # a new run's folder until its first epoch is saved
 
     def check(self) -> dict[str, Any] | None:
@@ -490,7 +492,8 @@ class RunWriter:
         folder = self.folder
         folder.mkdir(parents=True, exist_ok=True)
         if self._pending is not None:
-            save_json(folder / CONFIG, asdict(config))
+            extra = {"provenance": self.provenance} if self.provenance else {}
+            save_json(folder / CONFIG, {**asdict(config), **extra})
         if best_weights is not None:
             save_torch(folder / MODEL, best_weights)
         save_torch(folder / STATE, state)
@@ -601,10 +604,11 @@ class Run:
         cannot be had here."""
         from aetool.errors import first_line
 
+        advice = "install the plugin that provides it" if what == "model" else \
+            "restore it, or install the plugin that provides it"
         return RunError(f"Run {self.name!r} cannot be loaded: {self.path / CONFIG} names the "
-                        f"{what} {value!r}, which is not available here "
-                        f"({first_line(exc).rstrip('.')}); install the plugin or restore the "
-                        "files it was trained with.")
+                        f"{what} {value!r}, which is not available here: "
+                        f"{first_line(exc).rstrip('.')}; {advice}.")
 
 
 def open_run(path: Path | str) -> Run:

@@ -160,17 +160,26 @@ class _Training:
         }
 
     def restore(self, state: dict[str, Any], source: Path) -> None:
+        """Continue from a saved state; anything in it that does not fit (types, shapes,
+        values that are not finite) is a `RunError` naming the file."""
+        from aetool.models import check_finite
+        from aetool.resume_state import check_optimizer, check_state
+
+        state = check_state(state, source)
+        fresh = [dict(group) for group in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.shuffle.set_state(state["shuffle"])
             self.noise_generator.set_state(state["noise_generator"])
-            self.history = [EpochRecord(**r) for r in state["history"]]
-            self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
-            self.elapsed = state["seconds"]
-        except (KeyError, TypeError, ValueError, RuntimeError):
+        except Exception:  # noqa: BLE001 - PyTorch says "does not fit" in many ways
             raise RunError(f"{source} does not match the model and settings in its run's "
                            f"{runs.CONFIG}; it cannot be resumed.") from None
+        check_finite(self.model.state_dict(), source)
+        check_optimizer(self.optimizer, fresh, source)
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.elapsed = state["seconds"]
 
 
 def _with_checked_model(config: FitConfig) -> FitConfig:
@@ -180,6 +189,24 @@ def _with_checked_model(config: FitConfig) -> FitConfig:
     spec = parse_model_spec(config.model)
     spec.build(config.ed)
     return replace(config, model=spec.spec)
+
+
+def provenance(config: FitConfig) -> dict[str, Any]:
+    """What provided the run's model, data set and noise (package and version, see
+    `plugins.provided_by`) and aetool's version: recorded in config.json and metrics.json."""
+    from aetool import plugins
+    from aetool.datasets import registered_datasets
+    from aetool.noises import parse_noise_spec
+
+    record: dict[str, Any] = {"aetool": __version__,
+                              "model": plugins.provided_by(parse_model_spec(config.model).model
+                                                           .plugin)}
+    datasets = registered_datasets()
+    record["dataset"] = (plugins.provided_by(datasets[config.dataset].plugin)
+                         if config.dataset in datasets else {"path": config.dataset})
+    if config.noise:
+        record["noise"] = plugins.provided_by(parse_noise_spec(config.noise)[0].noise.plugin)
+    return record
 
 
 def _with_resolved_dataset(config: FitConfig) -> FitConfig:
@@ -289,7 +316,11 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
     # Final figures come from the best weights, on the untouched test set.
     best = writer.best_weights()
     if best is not None:
-        t.model.load_state_dict(best)
+        try:
+            t.model.load_state_dict(best)
+        except Exception:  # noqa: BLE001 - a model.pt damaged while the run was stopped
+            raise RunError(f"The best weights of {source.parent if source else 'the run'} "
+                           "(model.pt) do not fit its model; the run is damaged.") from None
     test_mse = evaluate(t.model, split.test)
     metrics = {
         "test_mse": test_mse,
@@ -306,6 +337,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "dataset_sha256": checksum,
         "parameters": count_parameters(t.model),
         "environment": _environment(device, t.mode),
+        "provenance": provenance(config),
         "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
     writer.finish(metrics)
@@ -353,7 +385,8 @@ def fit(
                       on_epoch)
     run_dir = Path(run_dir)
     with runs.run_lock(run_dir):
-        writer = runs.RunWriter(run_dir, resume=resume, replace=replace)
+        writer = runs.RunWriter(run_dir, resume=resume, replace=replace,
+                                provenance=provenance(config))
         state = writer.check()  # refuse early, before any data is loaded
         if state is not None:
             _check_resumable(run_dir, state, config)
@@ -427,7 +460,10 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
     return replace(config, model=parse_model_spec(config.model).spec)
 
 
-def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
+def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig,
+                     weights: bool = True) -> None:
+    """Refuse to resume with settings other than the saved state's, or (`weights`) when the
+    best weights saved so far do not fit the model."""
     try:
         saved = FitConfig.from_dict(state.get("config", {}))
     except SettingError as exc:
@@ -444,6 +480,10 @@ def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) ->
             f"Cannot resume {run_dir}: its settings differ in {', '.join(differ)}; "
             "resume with the same settings (or none: they are read from the run)."
         )
+    if weights and (run_dir / runs.MODEL).exists():  # the best so far, read again at the end
+        from aetool.models import load_weights
+
+        load_weights(config.model, config.ed, run_dir / runs.MODEL)
 
 
 def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
@@ -457,4 +497,16 @@ def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
         raise RunError(f"{run_dir / runs.CONFIG}: {exc}") from None
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     config.validate()
+    if (run_dir / runs.STATE).is_file():  # a damaged config.json is found before any work
+        state = runs.load_torch(run_dir / runs.STATE)
+        if isinstance(state, dict):
+            _check_resumable(run_dir, state, config, weights=False)
+    run = runs.Run(run_dir, asdict(config))
+    if overrides.get("model") is None:
+        try:
+            parse_model_spec(config.model).build(config.ed)
+        except SettingError as exc:
+            raise run.unavailable("model", config.model, exc) from None
+    if overrides.get("dataset") is None:
+        run.dataset()
     return config

@@ -1,0 +1,60 @@
+"""Every run records what provided its model, data set and noise (issue 21, provenance)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from aetool import __version__, plugins
+from aetool.cli import app
+from aetool.hookspecs import hookimpl
+from aetool.model import Autoencoder
+from aetool.models import Model
+
+runner = CliRunner()
+
+
+def fit(tmp_path, data_dir, *extra):
+    result = runner.invoke(app, [str(a) for a in (
+        "fit", "--ed", "4", "--max-epochs", "1", "--batch-size", "100", "--val-size", "100",
+        "--device", "cpu", "--data-dir", data_dir, "--runs", tmp_path / "ws", *extra)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "ws" / "ed4"
+    return (json.loads((run / "config.json").read_text()),
+            json.loads((run / "metrics.json").read_text()))
+
+
+def test_a_run_records_the_packages_and_versions_that_made_it(tmp_path, fake_data_dir):
+    config, metrics = fit(tmp_path, fake_data_dir, "--noise", "gaussian:sigma=0.1")
+    expected = {
+        "aetool": __version__,
+        "model": {"package": "aetool", "version": __version__,
+                  "plugin": "aetool.default_plugins.course"},
+        "dataset": {"package": "aetool", "version": __version__,
+                    "plugin": "aetool.default_plugins.mnist"},
+        "noise": {"package": "aetool", "version": __version__,
+                  "plugin": "aetool.default_plugins.gaussian"},
+    }
+    assert config["provenance"] == expected and metrics["provenance"] == expected
+
+
+class HandMade:
+    @hookimpl
+    def register_models(self, register):
+        register(Model("handmade", "the course model under another name", Autoencoder))
+
+
+def test_a_plugin_model_and_a_data_path_are_recorded(tmp_path, fake_data_dir):
+    plugins.load_plugins()
+    plugins.pm.register(HandMade(), name="handmade-plugin")
+    try:
+        config, metrics = fit(tmp_path, fake_data_dir, "--model", "handmade",
+                              "--dataset", fake_data_dir / "MNIST" / "raw")
+    finally:
+        plugins.pm.unregister(name="handmade-plugin")
+    assert config["provenance"]["model"] == {"package": "handmade-plugin", "version": None,
+                                             "plugin": "handmade-plugin"}
+    assert config["provenance"]["dataset"] == {"path": str(fake_data_dir / "MNIST" / "raw")}
+    assert "noise" not in config["provenance"]
+    assert metrics["provenance"] == config["provenance"]
