@@ -190,13 +190,32 @@ class Target:
 
 
 def run_targets(found: Sequence[runs.Run], device: torch.device | str,
-                dataset: str | None = None) -> list[Target]:
+                dataset: str | None = None,
+                skipped: list[runs.Unreadable] | None = None) -> list[Target]:
     """Trained runs as targets, each with the data set it was trained on (unless `dataset`),
-    which must not have changed since (its sha256 is checked when it is loaded)."""
-    if dataset:
-        return [Target(run.name, run.ed, run.model(device), dataset, run.path) for run in found]
-    return [Target(run.name, run.ed, run.model(device), run.settings.dataset, run.path,
-                   run.settings.resize, run.metrics.get("dataset_sha256")) for run in found]
+    which must not have changed since (its sha256 is checked when it is loaded). A run that
+    cannot be loaded (damaged weights, a model or data set not available here) is an error,
+    unless `skipped` is a list: then it is appended there and the others are returned."""
+    targets = []
+    for run in found:
+        try:
+            if dataset:
+                targets.append(Target(run.name, run.ed, run.model(device), dataset, run.path))
+                continue
+            source, resize = run.dataset()
+            targets.append(Target(run.name, run.ed, run.model(device), source, run.path,
+                                  resize, run.metrics.get("dataset_sha256")))
+        except AetoolError as exc:
+            skip(run.name, exc, skipped)
+    return targets
+
+
+def skip(name: str, exc: AetoolError, skipped: list[runs.Unreadable] | None) -> None:
+    """Note that run `name` is left out because of `exc`, or raise it when nothing may be
+    skipped (`skipped` is None)."""
+    if skipped is None:
+        raise exc
+    skipped.append(runs.Unreadable(name, str(exc)))
 
 
 def _folder_name(checkpoint: Path) -> str:
@@ -240,24 +259,60 @@ def corrupt_models(
     on_target: Callable[[Target], None] | None = None,
     on_row: RowCallback | None = None,
     data_progress: ProgressFn | None = None,
+    skipped: list[runs.Unreadable] | None = None,
 ) -> list[dict[str, Any]]:
     """The noise table of every target on its data set's test images (each set loaded once),
-    saved into its folder; returns the records, each with its `folder`."""
+    saved into its folder; returns the records, each with its `folder`. A target whose data
+    cannot be had (or has changed) is an error, unless `skipped` is a list (see `skip`)."""
     test_sets: dict[tuple[str, bool], Any] = {}
+    ready = []
     for target in targets:  # every data set loaded and checked before anything is written
-        key = (target.dataset, target.resize)
-        if key not in test_sets:
-            test_sets[key] = load_dataset(target.dataset, data_dir, device, data_progress,
-                                          resize=target.resize).subset(train=0)
-        data = test_sets[key]
-        check_unchanged(data.name, data.checksum, target.dataset_sha256, f"run {target.name!r}")
+        try:
+            data = _test_set(test_sets, target, data_dir, device, data_progress)
+            check_unchanged(data.name, data.checksum, target.dataset_sha256,
+                            f"run {target.name!r}")
+        except AetoolError as exc:
+            skip(target.name, exc, skipped)
+            continue
+        ready.append((target, data))
     records = []
-    for target in targets:
+    for target, data in ready:
         if on_target is not None:
             on_target(target)
-        data = test_sets[(target.dataset, target.resize)]
         record = corrupt_and_save(target.model, data.test_images, noises, target.folder,
                                   target.name, target.ed, seed=seed, batch_size=batch_size,
                                   examples=examples, on_row=on_row)
         records.append({**record, "folder": target.folder})
     return records
+
+
+def _test_set(test_sets: dict[tuple[str, bool], Any], target: Target,
+              data_dir: Path | str | None, device: torch.device | str,
+              data_progress: ProgressFn | None) -> Any:
+    """The test images of a target's data set, loaded once (a failure is remembered too)."""
+    key = (target.dataset, target.resize)
+    if key not in test_sets:
+        try:
+            test_sets[key] = load_dataset(target.dataset, data_dir, device, data_progress,
+                                          resize=target.resize).subset(train=0)
+        except AetoolError as exc:
+            test_sets[key] = exc
+    if isinstance(test_sets[key], AetoolError):
+        raise test_sets[key]
+    return test_sets[key]
+
+
+# --------------------------------------------------------------------------- reading tables
+
+NOISE_TABLE_FIELDS = {"rows": "list", "examples": "str?", "test_images": "int?",
+                      "seed": "number?", "run": "str?", "ed": "int?"}
+NOISE_ROW_FIELDS = {"label": "str", "mse": "loss", "noise": "str?", "params": "dict?"}
+
+
+def read_noise_table(path: Path | str) -> dict[str, Any]:
+    """A saved `noise_table.json`, checked: a damaged one is a `RunError` naming it."""
+    from aetool.checks import check_list, check_object
+
+    table = check_object(path, runs.load_json(path), NOISE_TABLE_FIELDS, required=("rows",))
+    table["rows"] = check_list(path, table["rows"], NOISE_ROW_FIELDS, entry="row", key="rows")
+    return table

@@ -30,7 +30,7 @@ import torch
 
 from aetool import runs
 from aetool.data import ImageData, ProgressFn, check_unchanged, load_dataset, to_float
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, first_line
 from aetool.files import write_atomic
 
 METHODS = ("pca", "tsne")
@@ -211,10 +211,12 @@ def embed_model(
     silhouette_sample: int = SILHOUETTE_SAMPLE,
     neighbors: int = KNN_NEIGHBORS,
     folds: int = KNN_FOLDS,
+    source: str = "The model",
 ) -> Embedding:
     """Encode uint8 `images` with a bare `model` (an `Autoencoder` or anything with `.encode`),
     project the codes and score how well `labels` separate (no scores when `labels` is None:
-    a data set without labels). Saves nothing."""
+    a data set without labels). Saves nothing. `source` names the model in messages (codes
+    that are not finite numbers are refused)."""
     methods = check_methods(methods)
     if labels is not None:
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -223,15 +225,23 @@ def embed_model(
             raise AetoolError(f"{images.shape[0]} images but {labels.shape[0]} labels.")
         _check_labels(labels)
     codes = encode_images(model, images, batch_size)
+    if not np.isfinite(codes).all():
+        raise AetoolError(f"{source} gives codes that are not finite numbers (NaN or "
+                          "infinite): its weights are damaged or its training diverged.")
     from sklearn.preprocessing import StandardScaler
 
-    standardized = StandardScaler().fit_transform(codes)
-    pca, ratios = pca_projection(standardized, seed)
-    projections: dict[str, np.ndarray] = {}
-    for method in methods:
-        projections[method] = pca if method == "pca" else tsne_projection(standardized, seed)
-    scores = _scores(codes, standardized, projections, labels, silhouette_sample, neighbors,
-                     folds, seed)
+    try:
+        standardized = StandardScaler().fit_transform(codes)
+        pca, ratios = pca_projection(standardized, seed)
+        projections: dict[str, np.ndarray] = {}
+        for method in methods:
+            projections[method] = pca if method == "pca" else tsne_projection(standardized,
+                                                                              seed)
+        scores = _scores(codes, standardized, projections, labels, silhouette_sample,
+                         neighbors, folds, seed)
+    except (ValueError, FloatingPointError) as exc:  # codes too large to project or score
+        raise AetoolError(f"{source} gives codes that cannot be projected or scored "
+                          f"({first_line(exc)}).") from None
     if labels is not None and classes is None:
         classes = tuple(str(c) for c in range(int(labels.max()) + 1))
     return Embedding(
@@ -382,6 +392,7 @@ def embed_run(
     """Encode `data`'s test set with the run's best weights on `device`, score and (by
     default) save the embedding into the run folder. Returns it and its JSON summary."""
     model = run.model(device)
+    options.setdefault("source", f"The model in {run.path / runs.MODEL}")
     embedding = embed_model(model, data.test_images, data.test_labels, methods, data.classes,
                             seed=seed, **options)
     extra = {"dataset": data.name, "dataset_sha256": data.checksum, "device": str(device)}
@@ -410,24 +421,78 @@ def embed_runs(
     seed: int = 0,
     on_run: Callable[[runs.Run], None] | None = None,
     data_progress: ProgressFn | None = None,
+    skipped: list[runs.Unreadable] | None = None,
 ) -> list[dict[str, Any]]:
     """Embed and save every run with the data set it was trained on (unless `dataset`), each
-    set loaded once; returns the summaries, each with the run folder's `path`."""
+    set loaded once; returns the summaries, each with the run folder's `path`. A run that
+    cannot be embedded (damaged weights, a model or data set not available here, changed
+    data) is an error, unless `skipped` is a list: then it is appended there, and the others
+    are embedded."""
+    from aetool.corrupt import skip
+
     methods = check_methods(list(methods))
-    loaded: dict[tuple[str, bool], ImageData] = {}
+    loaded: dict[tuple[str, bool], ImageData | AetoolError] = {}
+    ready = []
     for run in found:  # every data set loaded and checked before anything is written
-        key = (dataset, False) if dataset else (run.settings.dataset, run.settings.resize)
-        if key not in loaded:
-            loaded[key] = load_dataset(key[0], data_dir, device, data_progress,
-                                       resize=key[1]).subset(train=0)
-        if not dataset:
-            check_unchanged(loaded[key].name, loaded[key].checksum,
-                            run.metrics.get("dataset_sha256"), f"run {run.name!r}")
+        try:
+            ready.append((run, _run_data(run, loaded, dataset, data_dir, device,
+                                         data_progress)))
+        except AetoolError as exc:
+            skip(run.name, exc, skipped)
     summaries = []
-    for run in found:
+    for run, data in ready:
         if on_run is not None:
             on_run(run)
-        key = (dataset, False) if dataset else (run.settings.dataset, run.settings.resize)
-        _, summary = embed_run(run, loaded[key], methods, device, seed=seed)
+        try:
+            _, summary = embed_run(run, data, methods, device, seed=seed)
+        except AetoolError as exc:
+            skip(run.name, exc, skipped)
+            continue
         summaries.append({**summary, "path": str(run.path)})
     return summaries
+
+
+def _run_data(run: runs.Run, loaded: dict[tuple[str, bool], ImageData | AetoolError],
+              dataset: str | None, data_dir: Path | str | None, device: torch.device | str,
+              data_progress: ProgressFn | None) -> ImageData:
+    """The test set a run is embedded with: `dataset`, else the one it was trained on,
+    checked to be unchanged. Each set is loaded once (a failure is remembered too)."""
+    key = (dataset, False) if dataset else run.dataset()
+    if key not in loaded:
+        try:
+            loaded[key] = load_dataset(key[0], data_dir, device, data_progress,
+                                       resize=key[1]).subset(train=0)
+        except AetoolError as exc:
+            loaded[key] = exc
+    data = loaded[key]
+    if isinstance(data, AetoolError):
+        raise data
+    if not dataset:
+        check_unchanged(data.name, data.checksum, run.metrics.get("dataset_sha256"),
+                        f"run {run.name!r}")
+    return data
+
+
+# --------------------------------------------------------------------------- reading summaries
+
+SUMMARY_FIELDS = {
+    "plots": "dict?", "plot": "str?", "method": "str?", "explained_variance": "list?",
+    "silhouette": "number?", "knn_accuracy": "number?", "projection_scores": "dict?",
+    "knn_neighbors": "int?", "knn_folds": "int?", "images": "int?", "dataset": "str?",
+    "classes": "list?", "note": "str?", "dataset_sha256": "str?",
+}
+
+
+def read_summary(path: Path | str) -> dict[str, Any]:
+    """A saved `embedding.json`, checked: a damaged one is a `RunError` naming it."""
+    from aetool.checks import check_object, check_value
+
+    summary = check_object(path, runs.load_json(path), SUMMARY_FIELDS)
+    for method, name in (summary.get("plots") or {}).items():
+        check_value(f"{path}: 'plots' {method!r}", name, "str?")
+    for i, ratio in enumerate(summary.get("explained_variance") or []):
+        check_value(f"{path}: 'explained_variance' {i + 1}", ratio, "number")
+    for method, scores in (summary.get("projection_scores") or {}).items():
+        check_object(path, scores, {"silhouette": "number?", "knn_accuracy": "number?"},
+                     what=f"'projection_scores' {method!r}")
+    return summary

@@ -242,7 +242,8 @@ def describe_models(ed: int = 4) -> list[dict[str, Any]]:
             "package": f"{dist[0]} {dist[1]}" if dist else None,
             "description": model.description, f"parameters_at_ed{ed}": count,
             "params": [{"name": p.name, "type": p.type.__name__, "default": p.default,
-                        "help": p.help, "choices": list(p.choices) if p.choices else None}
+                        "help": p.help, "choices": list(p.choices) if p.choices else None,
+                        "minimum": p.minimum, "maximum": p.maximum}
                        for p in model.params],
         })
     return rows

@@ -98,11 +98,18 @@ def template_environment():  # noqa: ANN201 (jinja2.Environment, imported lazily
     return env
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def format_number(value: Any, digits: int = 6) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
+    """A loss with `digits` decimals; "–" for what is not a finite number (a run that
+    diverged, a value missing from an older file)."""
     if isinstance(value, str):
         return value
+    if not _finite(value):
+        return "–"
     if value != 0 and abs(value) < 10**-digits:  # would print as 0.000: scientific instead
         return f"{value:.2e}"
     return f"{value:.{digits}f}"
@@ -120,11 +127,11 @@ def format_general(value: Any) -> str:
 
 
 def format_percent(value: Any, digits: int = 1) -> str:
-    return "–" if value is None else f"{value:.{digits}%}"
+    return f"{value:.{digits}%}" if _finite(value) else "–"
 
 
 def format_seconds(value: Any) -> str:
-    if value is None:
+    if not _finite(value) or value < 0:
         return "–"
     value = float(value)
     if value < 120:
@@ -258,12 +265,9 @@ def _parameters(run: runs.Run) -> int | None:
     count = run.metrics.get("parameters")
     if isinstance(count, int):
         return count
-    from aetool.models import build_model, count_parameters
+    from aetool.models import parameter_count
 
-    try:
-        return count_parameters(build_model(run.config.get("model"), run.ed))
-    except AetoolError:
-        return None
+    return parameter_count(run.config.get("model"), run.ed)  # counted, not allocated
 
 
 def _settings_row(run: runs.Run) -> dict[str, Any]:
@@ -293,15 +297,25 @@ def _settings_row(run: runs.Run) -> dict[str, Any]:
     }
 
 
-def _search_section(root: Path) -> tuple[list[dict[str, Any]], int]:
-    """Per ED: the lr x wd grid of mean CV validation loss, dropped and best settings marked;
-    and how many settings the search has still to run."""
+def _search_results(root: Path, unreadable: list[runs.Unreadable]) -> dict[str, Any] | None:
+    """The workspace's `search/results.json`, checked; a damaged one joins `unreadable`."""
+    from aetool.checks import check_search_results
+
     path = results_path(root)
     if not path.is_file():
+        return None
+    try:
+        return check_search_results(path, runs.load_json(path))
+    except AetoolError as exc:
+        unreadable.append(runs.Unreadable(runs.SEARCH_DIR, str(exc)))
+        return None
+
+
+def _search_section(results: dict[str, Any] | None) -> tuple[list[dict[str, Any]], int]:
+    """Per ED: the lr x wd grid of mean CV validation loss, dropped and best settings marked;
+    and how many settings the search has still to run."""
+    if results is None:
         return [], 0
-    results = runs.load_json(path)
-    if not isinstance(results, dict) or not isinstance(results.get("eds"), dict):
-        raise AetoolError(f"{path} is not an `aetool search` result (it has no 'eds').")
     grid = results.get("grid") or {}
     details = {k: v for k, v in grid.items() if k not in ("ed", "lr", "weight_decay")}
     tables = []
@@ -372,16 +386,9 @@ def _heat_style(value: Any, low: float | None, high: float | None) -> str:
     return f"background-color: rgb({r * 255:.0f}, {g * 255:.0f}, {b * 255:.0f}); color: #111;"
 
 
-def _noise_section(found: list[runs.Run]) -> dict[str, Any] | None:
-    """Table 1 of the report: one row per noise, the runs side by side; and the example grids."""
-    tables = []
-    for run in found:
-        path = run.path / NOISE_TABLE
-        if path.is_file():
-            table = runs.load_json(path)
-            if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
-                raise AetoolError(f"{path} is not an `aetool corrupt` table (it has no 'rows').")
-            tables.append((run, table))
+def _noise_section(tables: list[tuple[runs.Run, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Table 1 of the report: one row per noise, the runs side by side; and the example grids.
+    `tables`: each run with its checked `noise_table.json` (`corrupt.read_noise_table`)."""
     if not tables:
         return None
     labels: list[str] = []
@@ -411,15 +418,11 @@ def _noise_section(found: list[runs.Run]) -> dict[str, Any] | None:
     return {"columns": columns, "rows": rows, "examples": examples}
 
 
-def _latent_section(found: list[runs.Run]) -> list[dict[str, Any]]:
+def _latent_section(summaries: list[tuple[runs.Run, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The latent-space entries: each run with its checked `embedding.json`
+    (`embed.read_summary`)."""
     entries = []
-    for run in found:
-        path = run.path / EMBEDDING_JSON
-        if not path.is_file():
-            continue
-        summary = runs.load_json(path)
-        if not isinstance(summary, dict):
-            raise AetoolError(f"{path} is not an `aetool embed` summary.")
+    for run, summary in summaries:
         plots = summary.get("plots") or {summary.get("method", "pca"): summary.get("plot")}
         images = [{"method": method, **image_file(run.path / Path(str(name)).name)}
                   for method, name in plots.items() if name]
@@ -454,17 +457,46 @@ def _best_of(entries: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     return max(scored, key=lambda e: e[key]) if len(scored) > 1 else None
 
 
-def _readable(found: list[runs.Run], unreadable: list[runs.Unreadable]) -> list[runs.Run]:
-    """The runs whose history can be read too; the others join `unreadable`."""
+@dataclass
+class _RunFiles:
+    """A run and what the other commands left in its folder, each file checked."""
+
+    run: runs.Run
+    history: list[dict[str, Any]]
+    noise: dict[str, Any] | None  # noise_table.json (aetool corrupt)
+    latent: dict[str, Any] | None  # embedding.json (aetool embed)
+
+
+def _readable(found: list[runs.Run], unreadable: list[runs.Unreadable]) -> list[_RunFiles]:
+    """The runs whose history, noise table and embedding can be read too; a run with a
+    damaged one joins `unreadable` with the sentence naming the file."""
+    from aetool.corrupt import read_noise_table
+    from aetool.embed import read_summary
+
     kept = []
     for run in found:
         try:
-            run.history()
+            noise, latent = run.path / NOISE_TABLE, run.path / EMBEDDING_JSON
+            kept.append(_RunFiles(run, run.history(),
+                                  read_noise_table(noise) if noise.is_file() else None,
+                                  read_summary(latent) if latent.is_file() else None))
         except AetoolError as exc:
             unreadable.append(runs.Unreadable(run.name, str(exc)))
-            continue
-        kept.append(run)
     return kept
+
+
+def _test_mse_rows(finished: list[runs.Run]) -> list[dict[str, Any]]:
+    """The test MSE of each finished run, with a bar relative to the largest; a run whose
+    test MSE is not a number (it diverged) shows "–" and no bar."""
+    top_mse = max((r.metrics["test_mse"] for r in finished if _finite(r.metrics["test_mse"])),
+                  default=0) or 1
+    return [{
+        "label": _run_label(r), "name": r.name, "ed": r.ed, "test_mse": r.metrics["test_mse"],
+        "best_val_loss": r.metrics.get("best_val_loss"), "best_epoch": r.metrics.get("best_epoch"),
+        "epochs": r.metrics.get("epochs"), "test_images": r.metrics.get("test_images"),
+        "bar": max(0.0, min(100.0, 100 * r.metrics["test_mse"] / top_mse))
+        if _finite(r.metrics["test_mse"]) else 0.0,
+    } for r in finished]
 
 
 def collect_report(root: Path | str | None = None) -> dict[str, Any]:
@@ -472,30 +504,26 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
     is not in the workspace. An empty workspace is an error."""
     root = runs.workspace_root(root)
     unreadable: list[runs.Unreadable] = []
-    found = _readable(runs.list_runs(root, finished_only=False, unreadable=unreadable), unreadable)
-    search, search_incomplete = _search_section(root)
+    files = _readable(runs.list_runs(root, finished_only=False, unreadable=unreadable),
+                      unreadable)
+    found = [f.run for f in files]
+    search, search_incomplete = _search_section(_search_results(root, unreadable))
     if not found and not search and not unreadable:
         raise AetoolError(
             f"Nothing to report in {root}: it holds no runs and no search results; train one "
             "with `aetool fit --ed 4` or point --runs / AETOOL_RUNS at your workspace."
         )
-    histories = [(_run_label(r), h, r.metrics.get("best_epoch")) for r in found
-                 if (h := [x for x in r.history() if isinstance(x, dict) and "epoch" in x])]
+    histories = [(_run_label(f.run), h, f.run.metrics.get("best_epoch")) for f in files
+                 if (h := [x for x in f.history if "epoch" in x])]
     finished = [r for r in found if isinstance(r.metrics.get("test_mse"), (int, float))]
-    top_mse = max((r.metrics["test_mse"] for r in finished), default=0) or 1
-    test_mse = [{
-        "label": _run_label(r), "name": r.name, "ed": r.ed, "test_mse": r.metrics["test_mse"],
-        "best_val_loss": r.metrics.get("best_val_loss"), "best_epoch": r.metrics.get("best_epoch"),
-        "epochs": r.metrics.get("epochs"), "test_images": r.metrics.get("test_images"),
-        "bar": max(0.0, min(100.0, 100 * r.metrics["test_mse"] / top_mse)),
-    } for r in finished]
+    test_mse = _test_mse_rows(finished)
     environment = [{"name": r.name, "ed": r.ed,
                     **{k: r.metrics["environment"].get(k) for k in ENVIRONMENT_KEYS},
                     "dataset": r.config.get("dataset"),
                     "dataset_sha256": r.metrics.get("dataset_sha256")}
                    for r in found if isinstance(r.metrics.get("environment"), dict)]
-    latent = _latent_section(found)
-    budget = budget_points(finished)  # runs trained with `fit --time`
+    latent = _latent_section([(f.run, f.latent) for f in files if f.latent is not None])
+    budget = budget_points([r for r in finished if _finite(r.metrics["test_mse"])])
     data = {
         "root": str(root),
         "runs": [_settings_row(r) for r in found],
@@ -505,7 +533,7 @@ def collect_report(root: Path | str | None = None) -> dict[str, Any]:
         "search": search,
         "search_incomplete": search_incomplete,
         "test_mse": test_mse,
-        "noise": _noise_section(found),
+        "noise": _noise_section([(f.run, f.noise) for f in files if f.noise is not None]),
         "latent": latent,
         "method_names": {"pca": "PCA", "tsne": "t-SNE"},
         "latent_best_knn": _best_of(latent, "knn_accuracy"),

@@ -481,10 +481,9 @@ def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:
     path = results_path(runs_root)
     if not path.exists():
         raise RunError(f"There are no search results in {path}; run `aetool search` first.")
-    results = runs.load_json(path)
-    if not isinstance(results, dict) or "eds" not in results:
-        raise RunError(f"{path} does not hold search results.")
-    return results
+    from aetool.checks import check_search_results
+
+    return check_search_results(path, runs.load_json(path))
 
 
 def best_setting(runs_root: Path | str | None, ed: int,
@@ -508,4 +507,6 @@ def best_setting(runs_root: Path | str | None, ed: int,
             f"No setting for ED {ed} passed the search's selection rule in {path}; "
             "widen the grid or loosen --max-loss / --max-oscillation."
         )
-    return {"lr": float(best["lr"]), "weight_decay": float(best["weight_decay"])}
+    from aetool.checks import check_best
+
+    return check_best(path, ed, best)

@@ -16,8 +16,8 @@ from typing import Any
 
 from aetool import runs
 from aetool.budget import MAX_EPOCHS, duration_text
-from aetool.errors import AetoolError, SettingError
-from aetool.settings import DEFAULT_PRESET, preset_config
+from aetool.errors import AetoolError, RunError, SettingError
+from aetool.settings import DEFAULT_PRESET, FitConfig, preset_config
 from aetool.training import fit_run, resume_config, run_config
 
 STAGES = ("search", "fit", "corrupt", "embed", "report")
@@ -103,8 +103,17 @@ class StageResult:
     skipped: list[str]  # what the workspace already had
 
 
+Unloadable = list[runs.Unreadable]  # runs a stage could not load: skipped, the study goes on
+
+
+def _note(unloadable: Unloadable, name: str, exc: AetoolError) -> None:
+    """Note a run a stage skips (once per run, however many stages skip it)."""
+    if all(entry.name != name for entry in unloadable):
+        unloadable.append(runs.Unreadable(name, str(exc)))
+
+
 def _search(settings: StudySettings, root: Path, data_dir: Path | None,
-            progress: StudyProgressFn) -> StageResult:
+            progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.search import run_search
 
     tic = time.perf_counter()
@@ -118,7 +127,7 @@ def _search(settings: StudySettings, root: Path, data_dir: Path | None,
 
 
 def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
-         progress: StudyProgressFn) -> StageResult:
+         progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
     tic = time.perf_counter()
     done, skipped = [], []
     for i, ed in enumerate(settings.eds):
@@ -127,34 +136,57 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
             skipped.append(name)
             progress("fit", i + 1, len(settings.eds), f"{name} already trained")
             continue
-        if (root / name / runs.STATE).exists():  # an interrupted study: its own settings
-            config = resume_config(root / name, device=settings.device)
-        else:
-            config = run_config(
-                settings.preset, runs_root=root, from_search=not settings.skip_search, ed=ed,
-                max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
-                time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
-                dataset=settings.dataset, resize=settings.resize,
-                val_size=settings.val_size, model=settings.model,
-            )
-
-        def on_epoch(record: Any, cfg: Any, i: int = i, name: str = name,
-                     total: int = config.max_epochs) -> None:
-            progress("fit", i + record.epoch / total, len(settings.eds),
-                     f"{name}: epoch {record.epoch}, val {record.val_loss:.5f}")
-
-        fit_run(config, root, name, existing="continue", data_dir=data_dir, on_epoch=on_epoch)
+        # A new run's settings come from the study (and its search): a problem there stops it.
+        config = None if (root / name / runs.STATE).exists() else _new_config(settings, root, ed)
+        try:
+            if config is None:  # an interrupted study: the run's own settings
+                config = resume_config(root / name, device=settings.device)
+            _fit_one(config, root, name, data_dir, progress, i, len(settings.eds))
+        except RunError as exc:  # damaged, in use, or its model is not available here
+            _note(unloadable, name, exc)
+            continue
         done.append(name)
         progress("fit", i + 1, len(settings.eds), f"{name} done")
     return StageResult("fit", time.perf_counter() - tic, done, skipped)
 
 
-def _study_runs(settings: StudySettings, root: Path) -> list[runs.Run]:
-    return [runs.open_run(root / f"ed{ed}") for ed in settings.eds]
+def _new_config(settings: StudySettings, root: Path, ed: int) -> FitConfig:
+    """The settings of the study's new run for encoding dimension `ed`."""
+    return run_config(
+        settings.preset, runs_root=root, from_search=not settings.skip_search, ed=ed,
+        max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
+        time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
+        dataset=settings.dataset, resize=settings.resize,
+        val_size=settings.val_size, model=settings.model,
+    )
+
+
+def _fit_one(config: FitConfig, root: Path, name: str, data_dir: Path | None,
+             progress: StudyProgressFn, i: int, count: int) -> None:
+    """Train (or resume) run `name`, the `i`-th of the study's `count`."""
+
+    def on_epoch(record: Any, cfg: Any) -> None:
+        progress("fit", i + record.epoch / config.max_epochs, count,
+                 f"{name}: epoch {record.epoch}, val {record.val_loss:.5f}")
+
+    fit_run(config, root, name, existing="continue", data_dir=data_dir, on_epoch=on_epoch)
+
+
+def _study_runs(settings: StudySettings, root: Path, unloadable: Unloadable) -> list[runs.Run]:
+    """The study's runs that can be read; the others are noted in `unloadable`."""
+    found = []
+    for ed in settings.eds:
+        if any(entry.name == f"ed{ed}" for entry in unloadable):
+            continue  # an earlier stage could not load it
+        try:
+            found.append(runs.open_run(root / f"ed{ed}"))
+        except RunError as exc:
+            _note(unloadable, f"ed{ed}", exc)
+    return found
 
 
 def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
-             progress: StudyProgressFn) -> StageResult:
+             progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.corrupt import corrupt_models, run_targets
     from aetool.devices import resolve_device
     from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
@@ -162,7 +194,7 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
     tic = time.perf_counter()
     noises = parse_noise_specs(settings.noises or list(DEFAULT_NOISE_SPECS))
     device = resolve_device(settings.device)
-    found = _study_runs(settings, root)
+    found = _study_runs(settings, root, unloadable)
     todo = [r for r in found if not (r.path / runs.NOISE_TABLE).exists()]
     total = max(len(todo) * len(noises), 1)
     count, current = 0, ""
@@ -177,36 +209,46 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
         current = target.name
 
     # Each run is corrupted on the test images of the data set it was trained on.
-    corrupt_models(run_targets(todo, device), noises, device, data_dir=data_dir,
-                   on_target=on_target, on_row=on_row)
+    skipped: Unloadable = []
+    corrupt_models(run_targets(todo, device, skipped=skipped), noises, device,
+                   data_dir=data_dir, on_target=on_target, on_row=on_row, skipped=skipped)
+    for entry in skipped:
+        _note(unloadable, entry.name, RunError(entry.reason))
+    todo = [r for r in todo if all(e.name != r.name for e in skipped)]
     progress("corrupt", total, total, "done")
     return StageResult("corrupt", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
 
 
 def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
-           progress: StudyProgressFn) -> StageResult:
+           progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.devices import resolve_device
     from aetool.embed import embed_runs
 
     tic = time.perf_counter()
-    found = _study_runs(settings, root)
+    found = _study_runs(settings, root, unloadable)
     todo = [r for r in found if not (r.path / runs.EMBEDDING_JSON).exists()]
     # Each run is embedded with the data set it was trained on.
+    skipped: Unloadable = []
     embed_runs(todo, settings.methods, resolve_device(settings.device), data_dir=data_dir,
-               seed=settings.seed,
+               seed=settings.seed, skipped=skipped,
                on_run=lambda run: progress("embed", todo.index(run), len(todo), run.name))
+    for entry in skipped:
+        _note(unloadable, entry.name, RunError(entry.reason))
+    todo = [r for r in todo if all(e.name != r.name for e in skipped)]
     progress("embed", len(todo), max(len(todo), 1), "done")
     return StageResult("embed", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
 
 
 def _report(settings: StudySettings, root: Path, data_dir: Path | None,
-            progress: StudyProgressFn) -> StageResult:
+            progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.report import write_report
 
     tic = time.perf_counter()
     result = write_report(root)
+    for entry in result.unreadable:  # listed in the page, and skipped by the study
+        _note(unloadable, entry["name"], RunError(entry["reason"]))
     progress("report", 1, 1, str(result.path))
     return StageResult("report", time.perf_counter() - tic, [str(result.path)], [])
 
@@ -250,7 +292,9 @@ def run_study(
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage in order, skipping finished work; return and save the stage timings.
-    Every stage's options are checked before the first stage starts."""
+    Every stage's options are checked before the first stage starts. A run a stage cannot
+    load (damaged, or its model or data set not available here) is skipped by every stage
+    and listed in the summary's `unloadable` (name and reason); the other runs go on."""
     settings.validate()
     root = runs.workspace_root(runs_root)
     data_dir = Path(data_dir) if data_dir is not None else None
@@ -259,13 +303,14 @@ def run_study(
     results: list[StageResult] = []
     tic = time.perf_counter()
     time_plan = None
+    unloadable: Unloadable = []
     for stage in stages:
         if stage == "fit" and settings.time_budget is not None:
             settings, time_plan = split_time(settings, root, time.perf_counter() - tic)
             progress("fit", 0, len(settings.eds), (
                 f"time budget: {duration_text(time_plan['seconds_per_fit'])} for each of "
                 f"{len(time_plan['fits'])} fits") if time_plan["fits"] else "nothing to fit")
-        result = RUNNERS[stage](settings, root, data_dir, progress)
+        result = RUNNERS[stage](settings, root, data_dir, progress, unloadable)
         results.append(result)
         if on_stage is not None:
             on_stage(result)
@@ -275,6 +320,7 @@ def run_study(
         "seconds": time.perf_counter() - tic,
         "report": str(runs.Workspace(root).report),
         "time_plan": time_plan,
+        "unloadable": [asdict(entry) for entry in unloadable],
     }
     runs.save_json(root / STUDY_FILE, summary)
     return summary

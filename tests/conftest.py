@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,23 @@ from aetool.data import (
     split_train_val,
 )
 
+# The file-system guard (tests/guard): nothing outside the tests' folders is written or deleted,
+# in this process or in a Python subprocess (start those with `fsguard.guarded_env()`).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "guard"))
+import pytest_fsguard  # noqa: E402
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SEED_CHECKPOINTS = SHARED / "seed" / "checkpoints"
 
 # Keep the user's installed plugins out of the tests (built-ins still load).
 os.environ.setdefault("AETOOL_NO_ENTRYPOINTS", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin: the guard needs its basetemp
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.is_registered(pytest_fsguard):
+        config.pluginmanager.register(pytest_fsguard, "aetool-fsguard")
 
 
 def fake_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from fsguard import guarded_env
 from typer.testing import CliRunner
 
 from aetool import __version__, runs
@@ -96,7 +96,7 @@ def test_resume_without_a_run(workspace):
 
 
 def test_sigterm_keeps_finished_epochs_and_resume_finishes(fake_data_dir, workspace):
-    env = dict(os.environ, AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir))
+    env = guarded_env(AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir))
     cmd = [sys.executable, "-m", "aetool", "fit", "--ed", "2", "--max-epochs", "400",
            "--preset", "report", "--batch-size", "50", "--device", "cpu", "--patience", "0",
            "--val-size", "100"]

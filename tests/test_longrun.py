@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fsguard import guarded_env
 from typer.testing import CliRunner
 
 from aetool import runs
@@ -65,8 +66,8 @@ def test_clock_text():
 
 
 def test_fit_writes_epoch_lines_to_a_log_while_it_runs(fake_data_dir, workspace):
-    env = dict(os.environ, AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir),
-               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = guarded_env(AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir),
+                      OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "aetool", "fit", "--ed", "2", "--max-epochs", "300",
            "--preset", "report", "--batch-size", "50", "--device", "cpu", "--patience", "0",
            "--val-size", "100", "--log-every", "0", "--threads", "1", "--json"]
@@ -230,8 +231,8 @@ def test_search_workers_share_the_cores_and_train_each_point_once(fake_data_dir,
     grid = ["--ed", "3", "--ed", "5", "--lr", "1e-2", "--lr", "1e-3", "--lr", "1e-4",
             "--weight-decay", "1e-5", "--weight-decay", "1e-4", "--folds", "2", "--epochs",
             "3", "--batch-size", "50", "--val-size", "100", "--limit", "200", "--max-loss", "1"]
-    env = dict(os.environ, AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir),
-               OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1", PYTHONPATH=str(ROOT))
+    env = guarded_env(AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir),
+                      OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1", PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-m", "aetool", "search", *grid, "--device", "cpu",
                            "--workers", "2", "--json"], env=env, capture_output=True,
                           text=True, timeout=300)

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fsguard import guarded_env
 
 from aetool.search import SearchConfig, run_search
 from aetool.search_study import database_url, open_storage
@@ -50,8 +51,8 @@ def postgres_url() -> str:
 
 def worker(url: str, name: str, epochs: int, workspace: Path, data_dir: Path,
            **popen) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "AETOOL_NO_ENTRYPOINTS": "1",
-           "AETOOL_RUNS": str(workspace), "AETOOL_DATA": str(data_dir), "PYTHONPATH": str(ROOT)}
+    env = guarded_env(OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1", AETOOL_RUNS=str(workspace),
+                      AETOOL_DATA=str(data_dir), PYTHONPATH=str(ROOT))
     args = [sys.executable, "-m", "aetool", "search", *GRID, "--epochs", str(epochs),
             "--storage", url, "--study-name", name, "--threads", "1", "--json"]
     return subprocess.Popen(args, env=env, text=True, **popen)

@@ -11,7 +11,6 @@ up. Every run trains on the CPU with one thread, so results are compared bit for
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fsguard import guarded_env
 
 from aetool import runs
 from aetool.training import fit, preset_config
@@ -49,8 +49,7 @@ def command(data_dir: Path, root: Path, name: str, *extra: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "AETOOL_NO_ENTRYPOINTS": "1",
-            "PYTHONPATH": str(ROOT)}
+    return guarded_env(OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1", PYTHONPATH=str(ROOT))
 
 
 def epochs_on_disk(run_dir: Path) -> int:

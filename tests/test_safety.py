@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fsguard import guarded_env
 from typer.testing import CliRunner
 
 from aetool import runs
@@ -208,8 +209,8 @@ def test_a_folder_that_is_not_a_run_is_not_taken(sandbox, fake_data_dir):
 
 
 def _env(workspace: Path, data_dir: Path) -> dict[str, str]:
-    return dict(os.environ, AETOOL_RUNS=str(workspace), AETOOL_DATA=str(data_dir),
-                OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1")
+    return guarded_env(AETOOL_RUNS=str(workspace), AETOOL_DATA=str(data_dir),
+                       OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1")
 
 
 def test_two_fits_on_one_name_one_trains_the_other_is_refused(sandbox, fake_data_dir):
@@ -310,7 +311,7 @@ def test_report_shows_an_unreadable_run_and_renders_the_rest(finished, fake_data
     assert invoke("fit", "--ed", "2", *small_args(fake_data_dir)).exit_code == 0
     _edit_json(workspace / "ed4" / runs.METRICS, [])
     result = invoke("report")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # written, but a run was left out
     assert "ed4 is left out of the report" in result.output
     html = (workspace / "report.html").read_text()
     assert "metrics.json must hold a JSON object" in html and ">ed2<" in html

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fsguard import guarded_env
 from typer.testing import CliRunner
 
 from aetool import runs, search, search_study
@@ -80,8 +80,8 @@ def invoke(*args):
 
 
 def subprocess_env(workspace: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "AETOOL_NO_ENTRYPOINTS": "1",
-            "AETOOL_RUNS": str(workspace), "PYTHONPATH": str(ROOT)}
+    return guarded_env(OMP_NUM_THREADS="1", AETOOL_NO_ENTRYPOINTS="1",
+                       AETOOL_RUNS=str(workspace), PYTHONPATH=str(ROOT))
 
 
 # --------------------------------------------------------------------------- the selection rule

@@ -36,6 +36,7 @@ from aetool.cli.longrun import (
     use_threads,
 )
 from aetool.cli.noises import parse_noise_option
+from aetool.cli.skipped import finish
 from aetool.noises import DEFAULT_NOISE_SPECS
 
 
@@ -103,11 +104,13 @@ def corrupt(
     torch_device = resolve_device(device)
     use_threads(threads)
     targets = []
+    skipped: list[runs.Unreadable] = []  # runs of the whole workspace that cannot be loaded
+    skip = skipped if not run and not checkpoint else None
     if checkpoint:
         targets += library.checkpoint_targets(checkpoint, torch_device, ed, output, dataset)
     if run or not checkpoint:
-        found = runs.Workspace(runs_root).select(run, None if checkpoint else ed)
-        targets += library.run_targets(found, torch_device, dataset)
+        found = runs.Workspace(runs_root).select(run, None if checkpoint else ed, skip)
+        targets += library.run_targets(found, torch_device, dataset, skip)
     with Progress(quiet=quiet, interval=log_every) as progress, \
             download_progress() as data_progress:
         task = progress.add("corrupt", total=len(targets) * len(noises), unit="rows")
@@ -115,12 +118,15 @@ def corrupt(
             targets, noises, torch_device, data_dir=data_dir, seed=seed, batch_size=batch_size,
             examples=examples, data_progress=data_progress,
             on_target=lambda t: task.update(description=f"corrupt {t.name}"),
-            on_row=lambda row: task.advance(),
+            on_row=lambda row: task.advance(), skipped=skip,
         )
     if json_output:
-        print_json({"seed": seed, "noises": [n.as_dict() for n in noises], "models": records})
+        print_json({"seed": seed, "noises": [n.as_dict() for n in noises], "models": records,
+                    "skipped": [vars(entry) for entry in skipped]})
+        finish(skipped)
         return
-    stderr.print(side_by_side(records))
+    if records:
+        stderr.print(side_by_side(records))
     for record in records:
         if record["folder"] is not None:
             stderr.print(f"Saved noise_table.json"
@@ -128,6 +134,7 @@ def corrupt(
                          f"in [bold]{escape(str(record['folder']))}[/]", highlight=False)
     if checkpoint and output is None:
         stderr.print("Nothing saved for --checkpoint models; pass --output DIR to keep them.")
+    finish(skipped)
 
 
 def side_by_side(records: list[dict[str, Any]]) -> Table:

@@ -1,15 +1,28 @@
 """`aetool datasets`: list every registered data set, its plugin, classes and whether its files
-are in the data cache."""
+are in the data cache (in alphabetical order); `aetool datasets check NAME|PATH` checks one
+(`aetool.testing.check_dataset`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
-from aetool.cli.common import DataDirOption, JsonOption, handle_errors, print_json, stderr
+from aetool.cli.check_report import finish
+from aetool.cli.common import (
+    DATASET_HELP,
+    DataDirOption,
+    JsonOption,
+    ResizeOption,
+    dataset_choice,
+    download_progress,
+    handle_errors,
+    print_json,
+    stderr,
+)
 from aetool.cli.noises import with_plugin_warnings
 
 PRESENT = {True: "yes", False: "no", None: "?"}
@@ -32,21 +45,52 @@ def datasets_table(rows: list[dict[str, Any]], root: str) -> Table:
     return table
 
 
-@app.command()
+datasets_app = typer.Typer(name="datasets", invoke_without_command=True,
+                           no_args_is_help=False)
+app.add_typer(datasets_app)
+
+
+@datasets_app.callback(invoke_without_command=True)
 @handle_errors
-def datasets(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+def datasets(ctx: typer.Context, data_dir: DataDirOption = None,
+             json_output: JsonOption = False) -> None:
     """List the registered data sets: name, plugin, class names, whether the data cache holds
     their files (`--data-dir`), description.
 
     Use them as `--dataset NAME`; `--dataset PATH` takes an image folder, an .npz file or a
-    folder of IDX files instead (see the README, "Your own data").
+    folder of IDX files instead (see the README, "Your own data"). `aetool datasets check
+    NAME|PATH` checks one.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from aetool.data import default_data_root
     from aetool.datasets import describe_datasets
 
     root = data_dir if data_dir is not None else default_data_root()
     rows = with_plugin_warnings(lambda: describe_datasets(root))
+    rows = sorted(rows, key=lambda row: row["name"])
     if json_output:
         print_json(rows)
     else:
         stderr.print(datasets_table(rows, str(root)))
+
+
+@datasets_app.command("check")
+@handle_errors
+def check(
+    dataset: Annotated[str, typer.Argument(metavar="NAME|PATH", help=DATASET_HELP,
+                                           callback=dataset_choice, show_default=False)],
+    data_dir: DataDirOption = None,
+    resize: ResizeOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Check a data set (a registered one, fetched if needed, or a path) against what aetool
+    expects: uint8 images of 28x28 pixels, a train and a test split that are not empty, and
+    whole-number labels within its classes. One row per check; exit 0 when all pass, 1
+    otherwise."""
+    from aetool.testing import check_dataset
+
+    with download_progress() as progress:
+        report = with_plugin_warnings(lambda: check_dataset(dataset, root=data_dir,
+                                                            resize=resize, progress=progress))
+    finish(report, "aetool datasets check", json_output)

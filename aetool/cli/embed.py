@@ -32,6 +32,7 @@ from aetool.cli.longrun import (
     ThreadsOption,
     use_threads,
 )
+from aetool.cli.skipped import finish
 from aetool.devices import resolve_device
 from aetool.embed import METHODS, embed_runs
 
@@ -72,7 +73,9 @@ def embed(
     scores (silhouette, k-NN accuracy) in each run folder."""
     torch_device = resolve_device(device)
     use_threads(threads)
-    picked = runs.Workspace(runs_root).select(run, ed)
+    skipped: list[runs.Unreadable] = []  # runs of the whole workspace that cannot be loaded
+    skip = None if run else skipped
+    picked = runs.Workspace(runs_root).select(run, ed, skip)
     with Progress(quiet=quiet, interval=log_every) as progress, \
             download_progress() as data_progress:
         task = progress.add("embed", total=len(picked), unit="runs")
@@ -82,17 +85,18 @@ def embed(
 
         summaries = embed_runs(picked, method or ["pca"], torch_device,
                                data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
-                               data_progress=data_progress)
+                               data_progress=data_progress, skipped=skip)
         task.update(completed=len(picked))
     for note in dict.fromkeys(s["note"] for s in summaries if s.get("note")):
         warn(note)  # once: a data set without labels gets a plot without colours, no scores
     if json_output:
         print_json(summaries)
-    else:
+    elif summaries:
         stderr.print(summary_table(summaries))
         for summary in summaries:
             plots = ", ".join(str(Path(summary["path"]) / p) for p in summary["plots"].values())
             stderr.print(f"Saved {escape(plots)}", highlight=False)
+    finish(skipped)
 
 
 def summary_table(summaries: list[dict]) -> Table:

@@ -1,4 +1,5 @@
-"""`aetool models`: the registered architectures, and the `--model` option other commands take."""
+"""`aetool models`: the registered architectures, `aetool models check SPEC` (one model against
+aetool's guarantees, `aetool.testing.check_model`), and the `--model` option other commands take."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
-from aetool.cli.common import JsonOption, handle_errors, print_json, stderr
+from aetool.cli.check_report import finish
+from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
 from aetool.cli.noises import params_cell, spec_callback, with_plugin_warnings
 
 
@@ -45,16 +47,23 @@ def models_table(rows: list[dict[str, Any]], ed: int) -> Table:
     return table
 
 
-@app.command()
+models_app = typer.Typer(name="models", invoke_without_command=True, no_args_is_help=False)
+app.add_typer(models_app)
+
+
+@models_app.callback(invoke_without_command=True)
 @handle_errors
 def models(
+    ctx: typer.Context,
     ed: Annotated[int, typer.Option(help="Encoding dimension the weights are counted at.",
                                     min=1)] = 4,
     json_output: JsonOption = False,
 ) -> None:
     """List the registered models: name, plugin, parameters with defaults, number of weights,
     description. Use them as NAME or NAME:param=value,... in `aetool fit --model`,
-    `aetool search --model` and `aetool study --model`."""
+    `aetool search --model` and `aetool study --model`; `aetool models check SPEC` checks one."""
+    if ctx.invoked_subcommand is not None:
+        return
     from aetool.models import describe_models
 
     rows = with_plugin_warnings(lambda: describe_models(ed))
@@ -62,3 +71,32 @@ def models(
         print_json(rows)
     else:
         stderr.print(models_table(rows, ed))
+
+
+@models_app.command("check")
+@handle_errors
+def check(
+    spec: Annotated[str, typer.Argument(
+        metavar="SPEC", help="The model: NAME or NAME:param=value,... (see `aetool models`).",
+        callback=check_model_option, show_default=False)],
+    ed: Annotated[int, typer.Option(help="Encoding dimension to check the model at.",
+                                    min=1)] = 4,
+    device: DeviceOption = "auto",
+    mode: Annotated[list[str] | None, typer.Option(
+        "--mode", help="A training mode to compare with eager (repeatable; default: tuned, "
+        "and graph on CUDA); compile compiles for 10-30 s, so it runs only when named.",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the models' weights and shuffling.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Check a model against aetool's guarantees, on a few small batches of synthetic images:
+    the contract (shapes, encode width equal to ED, outputs in [0, 1]), determinism under a
+    seed, a state_dict round trip, every training mode against eager, batched training against
+    one at a time, and evaluation-mode consistency. One row per check; exit 0 when all pass,
+    1 otherwise."""
+    from aetool.testing import check_model
+
+    stderr.print(f"Checking model {escape(spec)!r} at ED {ed}...", style="dim", highlight=False)
+    report = with_plugin_warnings(lambda: check_model(spec, ed, device=device, modes=mode,
+                                                      seed=seed))
+    finish(report, "aetool models check", json_output)

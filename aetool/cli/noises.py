@@ -1,4 +1,5 @@
-"""`aetool noises`: list every registered noise with its plugin, parameters and defaults.
+"""`aetool noises`: list every registered noise with its plugin, parameters and defaults;
+`aetool noises check SPEC` checks one (`aetool.testing.check_noise`).
 
 Also the helpers other commands use to read `--noise` specs: plugin warnings printed once on
 stderr, and bad specs turned into a usage error (exit 2) that lists what exists.
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from aetool.cli.app import app
-from aetool.cli.common import JsonOption, handle_errors, print_json, stderr
+from aetool.cli.check_report import finish
+from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
 from aetool.errors import AetoolError
 from aetool.plugins import PluginWarning
 
@@ -97,14 +99,21 @@ def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-@app.command()
+noises_app = typer.Typer(name="noises", invoke_without_command=True, no_args_is_help=False)
+app.add_typer(noises_app)
+
+
+@noises_app.callback(invoke_without_command=True)
 @handle_errors
-def noises(json_output: JsonOption = False) -> None:
+def noises(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List the registered noises: name, plugin, parameters with defaults, description.
 
     Use them as NAME or NAME:param=value,... in `aetool corrupt --noise` and
-    `aetool fit --noise`; `original` (no noise) is always available.
+    `aetool fit --noise`; `original` (no noise) is always available. `aetool noises check
+    SPEC` checks one.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from aetool.noises import describe_noises
 
     rows = with_plugin_warnings(describe_noises)
@@ -112,3 +121,23 @@ def noises(json_output: JsonOption = False) -> None:
         print_json(rows)
     else:
         stderr.print(noises_table(rows))
+
+
+@noises_app.command("check")
+@handle_errors
+def check(
+    spec: Annotated[str, typer.Argument(
+        metavar="SPEC", help="The noise: NAME or NAME:param=value,... (one setting; see "
+        "`aetool noises`).", callback=check_noise_option, show_default=False)],
+    device: DeviceOption = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the noise's generator.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Check a noise against aetool's guarantees, on a batch of synthetic images: output
+    shape, finite values (and whether they stay in [0, 1]), the clean batch left untouched,
+    determinism under a generator's seed, and its parameters' bounds. One row per check; exit
+    0 when all pass, 1 otherwise."""
+    from aetool.testing import check_noise
+
+    report = with_plugin_warnings(lambda: check_noise(spec, device=device, seed=seed))
+    finish(report, "aetool noises check", json_output)

@@ -9,8 +9,10 @@ import typer
 from rich.markup import escape
 
 from aetool.cli.app import app
-from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr, warn
+from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr
+from aetool.cli.skipped import finish
 from aetool.report import SECTIONS, write_report
+from aetool.runs import Unreadable
 
 
 @app.command()
@@ -28,14 +30,15 @@ def report(
     search grid, test MSE, noise table, latent plots and environment found in the workspace."""
     with stderr.status("Rendering the report"):
         result = write_report(runs_root, output)
-    for run in result.unreadable:
-        warn(f"run {run['name']} is left out of the report: {run['reason']}")
     if result.created is not None:
         stderr.print(f"Created the folder {escape(str(result.created))} for the report.",
                      highlight=False)
     if json_output:
         print_json(result.summary())
-        return
-    stderr.print(f"Report with {len(result.sections)} of {len(SECTIONS)} sections "
-                 f"({', '.join(result.sections)}), {result.bytes / 1e6:.2f} MB:", highlight=False)
-    typer.echo(str(result.path))
+    else:
+        stderr.print(f"Report with {len(result.sections)} of {len(SECTIONS)} sections "
+                     f"({', '.join(result.sections)}), {result.bytes / 1e6:.2f} MB:",
+                     highlight=False)
+        typer.echo(str(result.path))
+    # A damaged run (or search result) is listed in the page; the command still exits 1.
+    finish([Unreadable(**entry) for entry in result.unreadable], "left out of the report")

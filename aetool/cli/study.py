@@ -32,7 +32,9 @@ from aetool.cli.longrun import (
     use_threads,
 )
 from aetool.cli.models import ModelOption
+from aetool.cli.skipped import finish
 from aetool.embed import METHODS
+from aetool.runs import Unreadable
 from aetool.study import STAGES, StudySettings, run_study
 from aetool.training import DEFAULT_PRESET
 
@@ -135,8 +137,10 @@ def study(
 
         summary = run_study(settings, runs_root, data_dir=data_dir, on_progress=on_progress,
                             on_stage=on_stage)
+    skipped = [Unreadable(**entry) for entry in summary.get("unloadable", [])]
     if json_output:
         print_json(summary)
+        finish(skipped)
         return
     table = Table(title="aetool study: wall time per stage")
     for column in ("stage", "seconds", "computed", "already there"):
@@ -155,3 +159,4 @@ def study(
                      f"{len(plan['fits'])} fits, {duration_text(plan['rest_seconds'])} kept "
                      "for corrupt, embed and report.")
     stderr.print(f"Report: [bold]{escape(summary['report'])}[/]")
+    finish(skipped)  # runs a stage could not load: a warning each, then exit 1
