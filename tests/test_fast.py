@@ -39,7 +39,7 @@ LOSS_RTOL = 2e-6  # about 18x the largest difference seen: the README's "about 1
 # (1e-7), or trains any one tensor another way. The old check, an absolute 5e-3 per weight,
 # let through half of the ~1e-2 that ten steps at lr 1e-3 move a weight.
 WEIGHT_GAP = 2e-3
-# On a 2-core AMD EPYC with AVX2 only (no AVX-512; 2026-12-03) the 450-image run with a noise gave per-tensor
+# On a 2-core AMD EPYC with AVX2 only (2026-12-03) the 450-image run with a noise gave per-tensor
 # gaps of 3.0e-3 (encoder_cnn.4.bias) and 2.7e-3 (encoder_lin.0.bias) on 1 and 2 threads, while
 # the whole model's gap (all tensors' differences over all their movement) was 4.3e-4 and the
 # epoch losses agreed within LOSS_RTOL. So the whole model must stay within WEIGHT_GAP and each

@@ -84,10 +84,11 @@ def check(
     resize: ResizeOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Check a data set (a registered one, fetched if needed, or a path) against what aetool
-    expects: uint8 images of 28x28 pixels, a train and a test split that are not empty, and
-    whole-number labels within its classes. One row per check; exit 0 when all pass, 1
-    otherwise."""
+    """Check a data set against what aetool expects: one row per check, exit 1 when one fails.
+
+    A registered data set (fetched if needed) or a path: uint8 images of 28x28 pixels, a
+    train and a test split that are not empty, and whole-number labels within its classes.
+    Exit 0 when all pass, 1 otherwise."""
     from aetool.testing import check_dataset
 
     with download_progress() as progress:

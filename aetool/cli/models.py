@@ -89,11 +89,12 @@ def check(
     seed: Annotated[int, typer.Option(help="Seed of the models' weights and shuffling.")] = 0,
     json_output: JsonOption = False,
 ) -> None:
-    """Check a model against aetool's guarantees, on a few small batches of synthetic images:
-    the contract (shapes, encode width equal to ED, outputs in [0, 1]), determinism under a
-    seed, a state_dict round trip, every training mode against eager, batched training against
-    one at a time, and evaluation-mode consistency. One row per check; exit 0 when all pass,
-    1 otherwise."""
+    """Check a model against aetool's guarantees: one row per check, exit 1 when one fails.
+
+    On a few small batches of synthetic images: the contract (shapes, encode width equal to
+    ED, outputs in [0, 1]), determinism under a seed, a state_dict round trip, every training
+    mode against eager, batched training against one at a time, and evaluation-mode
+    consistency. Exit 0 when all pass, 1 otherwise."""
     from aetool.testing import check_model
 
     stderr.print(f"Checking model {escape(spec)!r} at ED {ed}...", style="dim", highlight=False)

@@ -133,10 +133,11 @@ def check(
     seed: Annotated[int, typer.Option(help="Seed of the noise's generator.")] = 0,
     json_output: JsonOption = False,
 ) -> None:
-    """Check a noise against aetool's guarantees, on a batch of synthetic images: output
-    shape, finite values (and whether they stay in [0, 1]), the clean batch left untouched,
-    determinism under a generator's seed, and its parameters' bounds. One row per check; exit
-    0 when all pass, 1 otherwise."""
+    """Check a noise against aetool's guarantees: one row per check, exit 1 when one fails.
+
+    On a batch of synthetic images: output shape, finite values (and whether they stay in
+    [0, 1]), the clean batch left untouched, determinism under a generator's seed, and its
+    parameters' bounds. Exit 0 when all pass, 1 otherwise."""
     from aetool.testing import check_noise
 
     report = with_plugin_warnings(lambda: check_noise(spec, device=device, seed=seed))
