@@ -429,6 +429,15 @@ def test_the_guide_s_example_plugin_works(tmp_path):
         try:
             module = build_model("tiny:hidden=32", 4)
             assert module(torch.rand(3, 1, 28, 28)).shape == (3, 1, 28, 28)
+            # The guide's "Checking your plugin" tests, run as a plugin author's suite would.
+            start = text.index("The same checks run from your own test suite")
+            checks = re.search(r"```python\n(.*?)```", text[start:], flags=re.DOTALL).group(1)
+            suite: dict = {}
+            exec(compile(checks, "README.md", "exec"), suite)
+            tests = [f for name, f in suite.items() if name.startswith("test_")]
+            assert len(tests) == 2
+            for test in tests:
+                test()
         finally:
             plugins.pm.unregister(aetool_tiny)
     finally:
