@@ -2,8 +2,8 @@
 
 A `Noise` turns a batch of float images (N, C, H, W) on any device into a corrupted batch,
 drawing randomness only from the `torch.Generator` it is given. Plugins register noises
-through the `register_noises(register)` hook (see `aetool.hookspecs`); the built-ins in
-`aetool.default_plugins` do exactly what a third-party plugin does.
+through the `register_noises(register)` hook (see `aetool.plugins.hookspecs`); the built-ins in
+`aetool.plugins.default` do exactly what a third-party plugin does.
 
 On the command line a noise is `NAME` or `NAME:param=value,...`; a value may list several
 alternatives separated by `|` to sweep, so `gaussian:sigma=0.1|0.3` is two configured noises.
@@ -22,7 +22,7 @@ import torch
 
 from aetool import plugins
 from aetool.errors import AetoolError
-from aetool.params import (  # noqa: F401 (API)
+from aetool.plugins.params import (  # noqa: F401 (API)
     PARAM_TYPES,
     Param,
     WithParams,

@@ -192,7 +192,7 @@ def check_model(spec: str | None = None, ed: int = 4, *, device: torch.device | 
 
 def _modes(modes: Sequence[str] | None, device: torch.device) -> list[str]:
     """The training modes to compare with eager, checked (`SettingError` for an unknown one)."""
-    from aetool.fast import MODES, resolve_mode
+    from aetool.train.fast import MODES, resolve_mode
 
     if modes is None:
         return ["tuned", "graph"] if device.type == "cuda" else ["tuned"]
@@ -289,8 +289,8 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def train_briefly(parsed: ModelSpec, ed: int, data: _TrainingData, seed: int,
                   mode: str = "eager") -> Trained:
     """Build the model with `seed` (as `fit` does) and train it for EPOCHS epochs in `mode`."""
-    from aetool.fast import make_train_epoch
-    from aetool.steps import evaluate
+    from aetool.train.fast import make_train_epoch
+    from aetool.train.step import evaluate
 
     device = data.train.device
     torch.manual_seed(seed)
@@ -419,8 +419,8 @@ def model_gap(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
 def _batched(parsed: ModelSpec, ed: int, data: _TrainingData, seed: int) -> str:
     """Two models trained together with vmap (`aetool search --parallel`) against one at a
     time; a model the search trains one at a time anyway is a skip saying why."""
-    from aetool import batched
-    from aetool.settings import FitConfig
+    from aetool.config import FitConfig
+    from aetool.train import batched
 
     images = torch.cat([data.train, data.val])
     index = torch.arange(images.shape[0])
@@ -532,7 +532,7 @@ def _noise_checks(noise: Any, x: torch.Tensor, seed: int) -> list[Check]:
 
 
 def _generator(x: torch.Tensor, seed: int) -> torch.Generator:
-    from aetool.steps import make_generator
+    from aetool.train.step import make_generator
 
     return make_generator(x.device, seed)
 
@@ -696,8 +696,8 @@ def check_dataset(dataset: str, *, root: Path | str | None = None, resize: bool 
 def _load_arrays(source: str, root: Path | str | None, resize: bool,
                  progress: ProgressFn | None, loaded: list[Any]) -> str:
     from aetool.data import default_data_root
-    from aetool.data_files import load_path
-    from aetool.datasets import DatasetArrays, registered_datasets
+    from aetool.data.files import load_path
+    from aetool.data.registry import DatasetArrays, registered_datasets
 
     registry = registered_datasets()
     if source in registry:
@@ -706,7 +706,7 @@ def _load_arrays(source: str, root: Path | str | None, resize: bool,
         arrays, classes = dataset.load(folder, progress), dataset.classes
         where = f"data set {source!r} (plugin {dataset.plugin})"
         assert isinstance(arrays, DatasetArrays), (
-            f"The loader returned {type(arrays).__name__}, not aetool.datasets.DatasetArrays.")
+            f"The loader returned {type(arrays).__name__}, not aetool.data.registry.DatasetArrays.")
     else:
         (arrays, classes), where = load_path(source, resize), source
     loaded += [arrays, classes, where]

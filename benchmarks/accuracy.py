@@ -1,6 +1,6 @@
 """Test MSE of all four encoding dimensions against the seed report and the issue's targets.
 
-Trains ED 4, 8, 16 and 32 with one preset through `aetool.training.fit` (validation carved
+Trains ED 4, 8, 16 and 32 with one preset through `aetool.train.loop.fit` (validation carved
 from the training split, the MNIST test set untouched until the end, best weights by
 validation loss) and prints, per ED: the report checkpoint's test MSE, the target (10% below
 the report), aetool's test MSE, pass/fail, the settings, epochs run and training time.
@@ -29,10 +29,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from aetool import runs, training
+from aetool import workspace as runs
+from aetool.config import settings_differ
 from aetool.devices import resolve_device
 from aetool.errors import AetoolError
-from aetool.settings import settings_differ
+from aetool.train import loop as training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)

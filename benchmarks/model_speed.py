@@ -24,8 +24,8 @@ from record import RESULTS_DIR, save_result  # noqa: E402
 
 from aetool.data import load_dataset, split_train_val  # noqa: E402
 from aetool.devices import resolve_device, synchronize  # noqa: E402
-from aetool.fast import make_train_epoch  # noqa: E402
 from aetool.models import build_model, count_parameters, parse_model_spec  # noqa: E402
+from aetool.train.fast import make_train_epoch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

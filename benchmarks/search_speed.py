@@ -3,8 +3,8 @@
 The models are the report's grid for one ED: 9 (lr, weight decay) settings x 3 folds = 27,
 each training on its fold's share of the search images and validating on the rest, exactly
 as `aetool search` trains them. It prints seconds per epoch (training and validation) for:
-one model alone, the K models sequentially (`aetool.batched.train_sequential`, fit's loop),
-and the K models in vmap (`aetool.batched.train_batched`) in groups of each --parallel size.
+one model alone, the K models sequentially (`aetool.train.batched.train_sequential`, fit's loop),
+and the K models in vmap (`aetool.train.batched.train_batched`) in groups of each --parallel size.
 
     python benchmarks/search_speed.py                          # best device, all 50,000 images
     python benchmarks/search_speed.py --device cpu --images 6000 --threads 1
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from aetool.batched import TrainJob, train_batched, train_sequential
 from aetool.devices import device_description, resolve_device, synchronize
-from aetool.search import SearchConfig, fold_indices, search_images
+from aetool.search.grid import SearchConfig, fold_indices, search_images
+from aetool.train.batched import TrainJob, train_batched, train_sequential
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)

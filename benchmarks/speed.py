@@ -2,14 +2,14 @@
 
 The plain loop is what a course notebook does: `torchvision.datasets.MNIST` with `ToTensor`,
 a shuffling `DataLoader` (num_workers 0 on the CPU, 4 on CUDA unless told otherwise), and the
-usual forward / backward / Adam step. aetool trains the same model (`aetool.model.Autoencoder`),
+usual forward / backward / Adam step. aetool trains the same model (`aetool.models.Autoencoder`),
 with the same batch size, on the same 60,000 training images, through
-`aetool.fast.make_train_epoch` in each requested mode; images sit on the device as one uint8
+`aetool.train.fast.make_train_epoch` in each requested mode; images sit on the device as one uint8
 tensor. Each contender runs one warm-up epoch (compilation and graph capture happen there),
 then the timed epochs run interleaved, so that a machine that gets busier or quieter affects
 all of them alike; the median and the fastest epoch are reported (on a shared machine the
 fastest is the better estimate of the unloaded time), with the load average around them.
-Optionally `aetool.training.fit` itself is timed too (50,000 training + 10,000 validation
+Optionally `aetool.train.loop.fit` itself is timed too (50,000 training + 10,000 validation
 images per epoch, as a real run does).
 
     python benchmarks/speed.py                     # the best device, modes auto and eager
@@ -39,11 +39,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aetool import fast, training
 from aetool.data import load_dataset, raw_dir, split_train_val
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError
-from aetool.model import Autoencoder
+from aetool.models import Autoencoder
+from aetool.train import fast
+from aetool.train import loop as training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=None, help="DataLoader workers (default 0 CPU, 4 CUDA)"
     )
-    parser.add_argument("--fit", action="store_true", help="also time aetool.training.fit")
+    parser.add_argument("--fit", action="store_true", help="also time aetool.train.loop.fit")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--data-dir", default=None, help="data root (default: aetool's cache)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

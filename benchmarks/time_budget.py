@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from record import save_result
 
-from aetool.report_budget import REPORT_CHECKPOINT_MSE, budget_plot
+from aetool.report.budget import REPORT_CHECKPOINT_MSE, budget_plot
 
 
 def one_budget(budget: str, ed: int, threads: int, workspace: Path) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aetool.search import auto_parallel
+from aetool.search.grid import auto_parallel
 
 GIB = 1 << 30
 

@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from aetool import plugins
-from aetool.batched import (
+from aetool.errors import AetoolError
+from aetool.models import Model
+from aetool.plugins.hookspecs import hookimpl
+from aetool.train.batched import (
     BatchedAdam,
     TrainJob,
     train_batched,
@@ -19,10 +22,7 @@ from aetool.batched import (
     train_sequential,
     unbatchable,
 )
-from aetool.errors import AetoolError
-from aetool.hookspecs import hookimpl
-from aetool.models import Model
-from aetool.training import FitConfig
+from aetool.train.loop import FitConfig
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_batched_training_gives_the_sequential_losses(fake_split):
 def test_train_models_uses_the_loop_for_one_model(fake_split, monkeypatch):
     images, jobs = _jobs(fake_split)
     calls = []
-    monkeypatch.setattr("aetool.batched.train_batched",
+    monkeypatch.setattr("aetool.train.batched.train_batched",
                         lambda *a, **k: calls.append("train_batched"))
     curves = train_models(jobs[:1], images, epochs=1,
                           progress=lambda n: calls.append(("progress", n)))
@@ -215,15 +215,15 @@ def _assert_same_curves(batched, sequential, rtol, train_rtol=None):
 @pytest.fixture()
 def float64(monkeypatch):
     """Images, weights and arithmetic in double precision."""
-    from aetool import batched
+    from aetool.train import batched
 
     def to_double(images):
         return images.double() / 255.0
 
     initial_model = batched.initial_model
-    monkeypatch.setattr("aetool.batched.to_float", to_double)
-    monkeypatch.setattr("aetool.steps.to_float", to_double)
-    monkeypatch.setattr("aetool.batched.initial_model", lambda *a: initial_model(*a).double())
+    monkeypatch.setattr("aetool.train.batched.to_float", to_double)
+    monkeypatch.setattr("aetool.train.step.to_float", to_double)
+    monkeypatch.setattr("aetool.train.batched.initial_model", lambda *a: initial_model(*a).double())
 
 
 def test_a_batchnorm_model_batched_is_one_at_a_time_to_rounding(fake_split, test_models,
@@ -265,7 +265,7 @@ def test_a_batchnorm_model_is_trained_batched(fake_split, test_models, monkeypat
         calls.append(len(group))
         return train_batched(group, *args, **kwargs)
 
-    monkeypatch.setattr("aetool.batched.train_batched", spy)
+    monkeypatch.setattr("aetool.train.batched.train_batched", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         curves = train_models(jobs, images, epochs=1)
@@ -299,7 +299,7 @@ def test_a_model_whose_eval_output_mixes_the_batch_is_trained_one_at_a_time(fake
 @pytest.mark.parametrize("model", ["test-bn", "test-dropout"])
 def test_a_search_gives_the_same_losses_with_any_parallel(model, tmp_path, fake_data_dir,
                                                           test_models):
-    from aetool.search import SearchConfig, run_search
+    from aetool.search.grid import SearchConfig, run_search
 
     def search(parallel):
         config = SearchConfig(eds=[4], lrs=[1e-2, 1e-3], weight_decays=[1e-5], folds=2,

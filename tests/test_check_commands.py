@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from aetool import plugins
 from aetool.cli import app
-from aetool.datasets import Dataset, DatasetArrays
+from aetool.data.registry import Dataset, DatasetArrays
 from aetool.errors import SettingError
-from aetool.hookspecs import hookimpl
 from aetool.models import Model, build_model
 from aetool.noises import Noise, NoiseParam, rand_like
-from aetool.params import Param
+from aetool.plugins.hookspecs import hookimpl
+from aetool.plugins.params import Param
 from aetool.testing import (
     Report,
     assert_dataset_ok,

@@ -12,7 +12,8 @@ import pytest
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
-from aetool import __version__, runs
+from aetool import __version__
+from aetool import workspace as runs
 from aetool.cli import app
 
 runner = CliRunner()

@@ -10,13 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
-from aetool.corrupt import NOISE_EXAMPLES, NOISE_TABLE, noise_table, render_examples
 from aetool.data import split_train_val
-from aetool.model import load_model
+from aetool.evaluate.corrupt import NOISE_EXAMPLES, NOISE_TABLE, noise_table, render_examples
+from aetool.models import load_model
 from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
-from aetool.training import evaluate, fit, preset_config
+from aetool.train.loop import evaluate, fit, preset_config
 
 runner = CliRunner()
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -15,7 +15,7 @@ from dataset_files import CLASSES, write_idx_folder, write_image_folder, write_n
 from test_datasets import BAD_KINDS, bad
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 
 runner = CliRunner()
@@ -144,7 +144,7 @@ def test_datasets_lists_what_is_registered_and_what_is_cached(tmp_path):
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows["mnist"]["present"] is True and rows["kmnist"]["present"] is False
     assert rows["fashion-mnist"]["classes"][0] == "T-shirt/top"
-    assert rows["emnist"]["plugin"] == "aetool.default_plugins.emnist"
+    assert rows["emnist"]["plugin"] == "aetool.plugins.default.emnist"
     table = invoke("datasets", "--data-dir", data)
     assert table.exit_code == 0 and "emnist-letters" in table.output and "yes" in table.output
 
@@ -231,7 +231,7 @@ def test_search_on_a_path_and_a_changed_file_refused(tmp_path):
 
 
 def test_study_takes_a_path(tmp_path):
-    from aetool.study import StudySettings
+    from aetool.experiment import StudySettings
 
     path = write_npz(tmp_path / "d.npz")
     StudySettings(eds=[2], dataset=str(path), skip_search=True).validate()
@@ -241,8 +241,8 @@ def test_study_takes_a_path(tmp_path):
 
 def test_search_and_study_take_resize_and_pass_it_on(tmp_path):
     from aetool.cli.search import worker_command
-    from aetool.search import SearchConfig
-    from aetool.study import StudySettings
+    from aetool.experiment import StudySettings
+    from aetool.search.grid import SearchConfig
 
     path, ws = write_image_folder(tmp_path / "big", 60, 20, size=32), tmp_path / "ws"
     said = invoke("search", "--dataset", path, "--resize", "--ed", "2", "--lr", "0.01",

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from aetool import hookspecs, plugins
+from aetool import plugins
 from aetool.data import load_dataset
-from aetool.datasets import Dataset, DatasetArrays, registered_datasets
+from aetool.data.registry import Dataset, DatasetArrays, registered_datasets
+from aetool.plugins import hookspecs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -29,7 +30,7 @@ def section() -> str:
 
 def paragraph() -> str:
     text = section()
-    start = text.index("A `Dataset` (from `aetool.datasets`) has")
+    start = text.index("A `Dataset` (from `aetool.data.registry`) has")
     return " ".join(text[start : text.index("\n\n", start)].split())
 
 

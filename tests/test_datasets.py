@@ -18,11 +18,11 @@ from dataset_files import CLASSES, write_idx_folder, write_image_folder, write_n
 
 from aetool import data, plugins
 from aetool.data import check_unchanged, idx_bytes, load_dataset, resolve_dataset
-from aetool.data_files import DataWarning
-from aetool.datasets import Dataset, DatasetArrays, describe_datasets, registered_datasets
+from aetool.data.files import DataWarning
+from aetool.data.registry import Dataset, DatasetArrays, describe_datasets, registered_datasets
 from aetool.errors import DataError, DataSettingError
-from aetool.hookspecs import hookimpl
 from aetool.plugins import PluginWarning
+from aetool.plugins.hookspecs import hookimpl
 
 BUILT_INS = ["mnist", "fashion-mnist", "kmnist", "emnist", "emnist-letters"]
 
@@ -30,7 +30,7 @@ BUILT_INS = ["mnist", "fashion-mnist", "kmnist", "emnist", "emnist-letters"]
 def test_the_built_ins_are_plugins_like_any_other():
     found = registered_datasets()
     assert list(found)[: len(BUILT_INS)] == BUILT_INS
-    assert found["mnist"].plugin == "aetool.default_plugins.mnist"
+    assert found["mnist"].plugin == "aetool.plugins.default.mnist"
     assert found["kmnist"].classes[:3] == ("o", "ki", "su")
     assert len(found["emnist"].classes) == 47 and found["emnist-letters"].classes[1] == "a"
 
@@ -100,7 +100,7 @@ def test_a_taken_name_or_a_broken_plugin_warns_and_the_rest_works(plugin):
     messages = [str(w.message) for w in caught if issubclass(w.category, PluginWarning)]
     assert any("broken failed in register_datasets" in m and "boom" in m for m in messages)
     assert any("'bad/name'" in m for m in messages) and any("not an" in m for m in messages)
-    assert found["aetool/mnist"].plugin == "aetool.default_plugins.mnist" and "kmnist" in found
+    assert found["aetool/mnist"].plugin == "aetool.plugins.default.mnist" and "kmnist" in found
     assert found["thief/mnist"].plugin == "thief"
     with pytest.raises(DataSettingError, match="both aetool and thief; write 'aetool/mnist' "
                                                "or 'thief/mnist'"):

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.data import to_float
-from aetool.model import load_model
+from aetool.models import load_model
 from aetool.noises import build_noise
-from aetool.training import evaluate, fit, preset_config
+from aetool.train.loop import evaluate, fit, preset_config
 
 # The report's `uniform` noise adds U[0, 1) to every pixel, so a corrupted image is on average
 # 0.5 brighter than its clean one: the two targets are far apart, and two epochs tell them

@@ -10,10 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.data import DATASETS
-from aetool.embed import (
+from aetool.errors import AetoolError
+from aetool.evaluate.embed import (
     check_methods,
     embed_model,
     embed_run,
@@ -23,9 +24,8 @@ from aetool.embed import (
     scatter_png,
     silhouette,
 )
-from aetool.errors import AetoolError
-from aetool.model import Autoencoder, load_model
-from aetool.training import preset_config
+from aetool.models import Autoencoder, load_model
+from aetool.train.loop import preset_config
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import warnings
 import pytest
 import torch
 
-from aetool import fast, training
 from aetool.errors import AetoolError
-from aetool.model import Autoencoder, load_model
-from aetool.models import build_model
+from aetool.models import Autoencoder, build_model, load_model
+from aetool.train import fast
+from aetool.train import loop as training
 
 # How close a fast mode must train to eager mode. The modes run the same float32 arithmetic
 # summed in other orders (channels-last and GEMM kernels, a fused Adam), so each operation

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.errors import AetoolError, RunError
-from aetool.training import (
+from aetool.train.loop import (
     DEFAULT_PRESET,
     FitConfig,
     fit,
@@ -34,7 +34,7 @@ def test_report_preset_is_the_report():
 
 
 def test_the_improved_recipe_is_the_default_and_the_study_follows_it():
-    from aetool.study import StudySettings
+    from aetool.experiment import StudySettings
 
     config = preset_config()
     assert DEFAULT_PRESET == "best" and config.preset == "best"
@@ -77,7 +77,7 @@ def test_best_checkpoint_is_the_lowest_validation_loss(fake_split, tmp_path):
     vals = [r.val_loss for r in result.history]
     assert result.best_epoch == vals.index(min(vals)) + 1
     model = runs.open_run(tmp_path / "r").model()
-    from aetool.training import evaluate
+    from aetool.train.loop import evaluate
 
     assert evaluate(model, fake_split.val) == pytest.approx(min(vals), rel=1e-5)
 

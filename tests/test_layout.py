@@ -13,13 +13,13 @@ import pytest
 from conftest import write_fake_mnist
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
+from aetool.config import FitConfig, preset_config
 from aetool.errors import SettingError
-from aetool.search import SearchConfig
-from aetool.settings import FitConfig, preset_config
-from aetool.study import StudySettings, run_study
-from aetool.training import fit_run
+from aetool.experiment import StudySettings, run_study
+from aetool.search.grid import SearchConfig
+from aetool.train.loop import fit_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aetool"
 runner = CliRunner()

@@ -13,7 +13,7 @@ import pytest
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.cli.longrun import Progress, clock_text
 
@@ -119,7 +119,7 @@ def test_threads_below_one_exit_2_naming_the_option(command, value, workspace):
 
 
 def test_durations():
-    from aetool.budget import parse_duration
+    from aetool.train.budget import parse_duration
 
     assert parse_duration("10m") == 600 and parse_duration("1h30m") == 5400
     assert parse_duration("90") == 90 and parse_duration("45s") == 45
@@ -142,7 +142,7 @@ class TickingClock:
 
 
 def test_epoch_arithmetic_with_a_fake_clock(monkeypatch):
-    from aetool import budget
+    from aetool.train import budget
 
     clock = FakeClock()
     batches = []
@@ -176,9 +176,9 @@ def test_epoch_arithmetic_with_a_fake_clock(monkeypatch):
 def test_fit_to_a_time_budget_records_it_and_resumes_with_its_length(
     fake_data_dir, workspace, monkeypatch
 ):
-    from aetool import budget
-    from aetool.settings import learning_rate
-    from aetool.training import fit_run, resume_config, run_config
+    from aetool.config import learning_rate
+    from aetool.train import budget
+    from aetool.train.loop import fit_run, resume_config, run_config
 
     monkeypatch.setattr(budget, "clock", TickingClock())  # every measurement takes 1 s
     config = run_config(ed=2, batch_size=100, val_size=100, device="cpu", time_budget=20.0,
@@ -225,8 +225,8 @@ def test_bad_time_budgets_exit_2(args, workspace):
 def test_search_workers_share_the_cores_and_train_each_point_once(fake_data_dir, workspace):
     from collections import Counter
 
-    from aetool.search import SearchConfig
-    from aetool.search_study import open_storage
+    from aetool.search.grid import SearchConfig
+    from aetool.search.storage import open_storage
 
     grid = ["--ed", "3", "--ed", "5", "--lr", "1e-2", "--lr", "1e-3", "--lr", "1e-4",
             "--weight-decay", "1e-5", "--weight-decay", "1e-4", "--folds", "2", "--epochs",
@@ -257,7 +257,7 @@ def test_search_workers_share_the_cores_and_train_each_point_once(fake_data_dir,
 
 def test_study_splits_its_time_budget(tmp_path):
     from aetool.errors import AetoolError
-    from aetool.study import REST_SHARE, StudySettings, split_time
+    from aetool.experiment import REST_SHARE, StudySettings, split_time
 
     settings = StudySettings(eds=[4, 8], time_budget=1000.0)
     split, plan = split_time(settings, tmp_path, 100.0)  # the search took 100 s
@@ -271,8 +271,8 @@ def test_study_splits_its_time_budget(tmp_path):
 
 
 def test_study_with_a_time_budget_fits_to_its_share(fake_data_dir, workspace, monkeypatch):
-    from aetool import budget
-    from aetool.study import StudySettings, run_study
+    from aetool.experiment import StudySettings, run_study
+    from aetool.train import budget
 
     monkeypatch.setattr(budget, "clock", TickingClock())  # every measurement takes 1 s
     summary = run_study(StudySettings(eds=[2], skip_search=True, time_budget=40.0,
@@ -288,9 +288,9 @@ def test_study_with_a_time_budget_fits_to_its_share(fake_data_dir, workspace, mo
 
 
 def test_report_shows_test_mse_against_the_time_budget(fake_data_dir, workspace, monkeypatch):
-    from aetool import budget
-    from aetool.report import collect_report, render_report
-    from aetool.training import fit_run, run_config
+    from aetool.report.render import collect_report, render_report
+    from aetool.train import budget
+    from aetool.train.loop import fit_run, run_config
 
     monkeypatch.setattr(budget, "clock", TickingClock())
     for seconds, name in ((20.0, "ed2-time-20s"), (24.0, "ed2-time-24s")):
@@ -311,8 +311,8 @@ def test_fit_warns_when_epochs_run_slower_than_measured(monkeypatch, capsys):
     from types import SimpleNamespace
 
     from aetool.cli import fit as fit_cli
-    from aetool.settings import FitConfig
-    from aetool.training import EpochRecord
+    from aetool.config import FitConfig
+    from aetool.train.loop import EpochRecord
 
     clock, lines = FakeClock(), []
     config = FitConfig(ed=4, max_epochs=6, time_budget=60.0)  # measured: 10 s an epoch

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from aetool.errors import AetoolError
-from aetool.model import Autoencoder, count_parameters, load_model
-from aetool.training import evaluate
+from aetool.models import Autoencoder, count_parameters, load_model
+from aetool.train.loop import evaluate
 
 SEED_KEYS = {
     f"{block}.{i}.{p}"

@@ -18,15 +18,17 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from aetool import fast, models, plugins, runs
+from aetool import models, plugins
+from aetool import workspace as runs
 from aetool.cli import app
+from aetool.config import preset_config
 from aetool.errors import AetoolError, SettingError
-from aetool.hookspecs import hookimpl
 from aetool.models import Model, build_model, check_contract, parse_model_spec
-from aetool.params import Param
-from aetool.settings import preset_config
-from aetool.steps import make_generator
-from aetool.training import fit_run
+from aetool.plugins.hookspecs import hookimpl
+from aetool.plugins.params import Param
+from aetool.train import fast
+from aetool.train.loop import fit_run
+from aetool.train.step import make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -85,11 +87,11 @@ def mlp():
 def test_built_ins_register_like_plugins():
     found = models.registered_models()
     assert {"course", "wide"} <= set(found)
-    assert found["course"].plugin == "aetool.default_plugins.course"
-    assert found["wide"].plugin == "aetool.default_plugins.wide"
+    assert found["course"].plugin == "aetool.plugins.default.course"
+    assert found["wide"].plugin == "aetool.plugins.default.wide"
     entry_points = (ROOT / "pyproject.toml").read_text()
     for name in ("course", "wide"):
-        assert f'{name} = "aetool.default_plugins.{name}"' in entry_points
+        assert f'{name} = "aetool.plugins.default.{name}"' in entry_points
 
 
 def test_specs_spell_out_every_parameter():
@@ -142,7 +144,7 @@ def test_a_deep_wide_passes_its_signal_through_at_initialisation():
 
 
 def test_course_is_the_report_architecture_and_old_runs_read_as_course(seed_checkpoints):
-    from aetool.model import Autoencoder, load_model
+    from aetool.models import Autoencoder, load_model
 
     built = build_model("course", 4)
     assert isinstance(built, Autoencoder)
@@ -202,7 +204,7 @@ def test_a_taken_name_or_a_broken_plugin_warns_and_the_rest_works():
             plugins.pm.unregister(name="broken-plugin")
     messages = [str(w.message) for w in caught]
     assert any("broken-plugin failed in register_models" in m for m in messages)
-    assert found["aetool/course"].plugin == "aetool.default_plugins.course"
+    assert found["aetool/course"].plugin == "aetool.plugins.default.course"
     assert found["test-models/course"].plugin == "test-models"
     with pytest.raises(SettingError, match="both aetool and test-models"):
         found["course"]
@@ -302,8 +304,8 @@ def test_the_example_plugin_end_to_end(mlp, tmp_path, fake_data_dir):
 
 
 def test_search_trains_any_model_batched(tmp_path, fake_data_dir):
-    from aetool.batched import unbatchable
-    from aetool.search import SearchConfig, run_search
+    from aetool.search.grid import SearchConfig, run_search
+    from aetool.train.batched import unbatchable
 
     assert unbatchable(preset_config(model="wide:width=8,hidden=64"), "cpu") is None
     trained = []
@@ -315,7 +317,7 @@ def test_search_trains_any_model_batched(tmp_path, fake_data_dir):
     assert trained == [4]  # both settings x both folds in one vmapped group
     assert results["grid"]["model"] == "wide:width=8,hidden=64,groups=8,depth=1"
     with pytest.raises(AetoolError, match="trained 'wide:width=8,.*,depth=1', not 'co"):
-        from aetool.training import run_config
+        from aetool.train.loop import run_config
 
         run_config(runs_root=tmp_path / "ws", from_search=True, ed=4)
     assert run_config(runs_root=tmp_path / "ws", from_search=True, ed=4,
@@ -343,7 +345,7 @@ class DataDependent(nn.Module):
 
 
 def test_a_model_that_cannot_be_batched_trains_one_at_a_time(fake_data):
-    from aetool.batched import TrainJob, train_models
+    from aetool.train.batched import TrainJob, train_models
 
     with Plugin(Model("branchy", "data-dependent control flow", DataDependent)):
         config = preset_config(model="branchy", batch_size=50, max_epochs=1, device="cpu")
@@ -463,7 +465,7 @@ def test_the_example_package_is_wired_as_the_guide_says():
 def test_a_model_name_two_packages_register_needs_its_package(tmp_path, fake_data_dir):
     """Issue 21: `course` from a second package is refused unqualified (exit 2, before
     anything is written); `aetool/course` trains, and the run reads back with that name."""
-    from aetool.model import Autoencoder
+    from aetool.models import Autoencoder
 
     common = ["--ed", "4", "--max-epochs", "1", "--batch-size", "100", "--val-size", "100",
               "--device", "cpu", "--data-dir", fake_data_dir, "--runs", tmp_path / "ws"]

@@ -15,11 +15,11 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from aetool import plugins, runs
+from aetool import plugins
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.cli.noises import check_noise_option
 from aetool.errors import AetoolError, SettingError
-from aetool.hookspecs import hookimpl
 from aetool.noises import (
     DEFAULT_NOISE_SPECS,
     Noise,
@@ -30,7 +30,8 @@ from aetool.noises import (
     registered_noises,
 )
 from aetool.plugins import PluginWarning
-from aetool.training import fit, preset_config
+from aetool.plugins.hookspecs import hookimpl
+from aetool.train.loop import fit, preset_config
 
 runner = CliRunner()
 BUILTINS = {"gaussian", "uniform", "occlusion"}
@@ -99,7 +100,7 @@ def test_builtins_are_plugins_and_installed_plugins_stay_out():
     noises = registered_noises()
     assert BUILTINS <= set(noises)
     for name in BUILTINS:
-        assert noises[name].plugin == f"aetool.default_plugins.{name}"
+        assert noises[name].plugin == f"aetool.plugins.default.{name}"
     assert "saltpepper" not in noises  # AETOOL_NO_ENTRYPOINTS=1 (conftest)
 
 
@@ -195,7 +196,7 @@ def test_occlusion_at_a_random_position_is_one_size_by_size_square():
     assert tops.min() == 0 and tops.max() == 23  # anywhere, up to the border
     with pytest.raises(AetoolError, match="size must be at most 28, got 29"):
         build_noise("occlusion:size=29")  # refused when parsed, before any work
-    from aetool.default_plugins.occlusion import occlude
+    from aetool.plugins.default.occlusion import occlude
 
     with pytest.raises(AetoolError, match="does not fit"):  # smaller images than MNIST's
         occlude(x[:, :, :20, :20], gen(), size=21)
@@ -294,7 +295,7 @@ def test_a_name_registered_by_two_packages_is_refused_unqualified():
         with pytest.raises(SettingError, match="both aetool and duplicate-plugin") as caught:
             noises["gaussian"]
         assert "'aetool/gaussian' or 'duplicate-plugin/gaussian'" in str(caught.value)
-        assert noises["aetool/gaussian"].plugin == "aetool.default_plugins.gaussian"
+        assert noises["aetool/gaussian"].plugin == "aetool.plugins.default.gaussian"
         assert noises["duplicate-plugin/gaussian"].plugin == "duplicate-plugin"
         assert noises["fine"].plugin == "duplicate-plugin"
         result = invoke("noises", "--json")

@@ -1,4 +1,4 @@
-"""The plugin docs cannot drift from the code: every hook in `aetool.hookspecs` has a README
+"""The plugin docs cannot drift from the code: every hook in `aetool.plugins.hookspecs` has a README
 heading with its exact signature, the fields of `Noise` and `NoiseParam` and the random-number
 helpers are listed as the code has them, and the README's minimal plugin works as printed."""
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetool import hookspecs, noises, plugins
+from aetool import noises, plugins
 from aetool.noises import Noise, NoiseParam, build_noise, registered_noises
+from aetool.plugins import hookspecs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

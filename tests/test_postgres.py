@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from fsguard import guarded_env
 
-from aetool.search import SearchConfig, run_search
-from aetool.search_study import database_url, open_storage
+from aetool.search.grid import SearchConfig, run_search
+from aetool.search.storage import database_url, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--ed", "3", "--lr", "1e-2", "--lr", "1e-3", "--lr", "1e-4", "--weight-decay", "1e-5",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aetool.training import DEFAULT_PRESET, fit, learning_rate, preset_config
+from aetool.train.loop import DEFAULT_PRESET, fit, learning_rate, preset_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

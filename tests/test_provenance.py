@@ -8,9 +8,8 @@ from typer.testing import CliRunner
 
 from aetool import __version__, plugins
 from aetool.cli import app
-from aetool.hookspecs import hookimpl
-from aetool.model import Autoencoder
-from aetool.models import Model
+from aetool.models import Autoencoder, Model
+from aetool.plugins.hookspecs import hookimpl
 
 runner = CliRunner()
 
@@ -30,11 +29,11 @@ def test_a_run_records_the_packages_and_versions_that_made_it(tmp_path, fake_dat
     expected = {
         "aetool": __version__,
         "model": {"package": "aetool", "version": __version__,
-                  "plugin": "aetool.default_plugins.course"},
+                  "plugin": "aetool.plugins.default.course"},
         "dataset": {"package": "aetool", "version": __version__,
-                    "plugin": "aetool.default_plugins.mnist"},
+                    "plugin": "aetool.plugins.default.mnist"},
         "noise": {"package": "aetool", "version": __version__,
-                  "plugin": "aetool.default_plugins.gaussian"},
+                  "plugin": "aetool.plugins.default.gaussian"},
     }
     assert config["provenance"] == expected and metrics["provenance"] == expected
 

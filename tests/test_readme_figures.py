@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetool.model import load_model
-from aetool.models import parse_model_spec
-from aetool.training import evaluate
+from aetool.models import load_model, parse_model_spec
+from aetool.train.loop import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -272,7 +271,7 @@ def test_cpu_install_figures_match_the_committed_results():
 def test_time_budget_figures_match_the_committed_results():
     """Test MSE against `fit --time` (issue 15) comes from benchmarks/time_budget.py, and the
     report's checkpoint line is the same figure as the accuracy table's."""
-    from aetool.report_budget import REPORT_CHECKPOINT_MSE
+    from aetool.report.budget import REPORT_CHECKPOINT_MSE
 
     accuracy = load_benchmark("accuracy")
     for ed, mse in REPORT_CHECKPOINT_MSE.items():

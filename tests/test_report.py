@@ -16,13 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.data import split_train_val
-from aetool.embed import embed_run, scatter_png
 from aetool.errors import AetoolError
-from aetool.report import SECTIONS, render_report, template_source, write_report
-from aetool.training import fit, preset_config
+from aetool.evaluate.embed import embed_run, scatter_png
+from aetool.report.render import SECTIONS, render_report, template_source, write_report
+from aetool.train.loop import fit, preset_config
 
 ALL_SECTIONS = list(SECTIONS)
 NOISES = [("original", "none", {}), ("N(0,0.1)", "gaussian", {"sigma": 0.1}),
@@ -426,7 +426,7 @@ def test_templates_load_from_the_package_or_the_repository(monkeypatch):
     def missing(name):
         raise ModuleNotFoundError(name)
 
-    monkeypatch.setattr("aetool.report.resources.files", missing)
+    monkeypatch.setattr("aetool.report.render.resources.files", missing)
     assert "<!DOCTYPE html>" in template_source("report.html.j2")
     assert template_source("no-such-template.j2") is None
 

@@ -22,8 +22,8 @@ import pytest
 import torch
 from fsguard import guarded_env
 
-from aetool import runs
-from aetool.training import fit, preset_config
+from aetool import workspace as runs
+from aetool.train.loop import fit, preset_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # A short run of the default recipe (cosine schedule with warm-up): 500 training images in

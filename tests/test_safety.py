@@ -22,10 +22,10 @@ import torch
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.errors import RunError, SettingError
-from aetool.training import fit, fit_run, preset_config
+from aetool.train.loop import fit, fit_run, preset_config
 
 runner = CliRunner()
 

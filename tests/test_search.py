@@ -17,10 +17,12 @@ import torch
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
-from aetool import runs, search, search_study
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.errors import RunError
-from aetool.search import (
+from aetool.search import grid as search
+from aetool.search import storage as search_study
+from aetool.search.grid import (
     GridStudy,
     SearchConfig,
     best_setting,
@@ -186,8 +188,8 @@ def test_models_trained_together_give_the_results_of_one_at_a_time(fake_data_dir
 
 
 def test_running_out_of_gpu_memory_halves_the_group(fake_split, monkeypatch):
-    from aetool.batched import Curves, TrainJob
-    from aetool.training import FitConfig
+    from aetool.train.batched import Curves, TrainJob
+    from aetool.train.loop import FitConfig
 
     sizes = []
 

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aetool.cli import app
-from aetool.report import format_general
-from aetool.study import StudySettings, run_study
+from aetool.experiment import StudySettings, run_study
+from aetool.report.render import format_general
 
 NUMBER = re.compile(r"[-+]?\d+\.\d+(?:e[-+]?\d+)?|[-+]?\d+e[-+]?\d+")
 

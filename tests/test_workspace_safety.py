@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli import app
 from aetool.errors import AetoolError, RunError
 from aetool.files import save_json, write_atomic

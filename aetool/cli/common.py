@@ -26,9 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from aetool.config import PRESETS
 from aetool.data import check_dataset
 from aetool.errors import AetoolError, SettingError
-from aetool.settings import PRESETS
 
 stderr = Console(stderr=True)
 
@@ -191,8 +191,8 @@ def handle_errors(func: F) -> F:
             previous = None
         try:
             with warnings.catch_warnings():
-                from aetool.data_files import DataWarning
-                from aetool.runs import RunWarning
+                from aetool.data.files import DataWarning
+                from aetool.workspace import RunWarning
 
                 warnings.simplefilter("always", RunWarning)
                 warnings.simplefilter("always", DataWarning)

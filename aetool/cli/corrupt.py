@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli.app import app
 from aetool.cli.common import (
     DATASET_HELP,
@@ -94,8 +94,8 @@ def corrupt(
     Default: every finished run in the workspace and the report's Table 1 noises (original,
     gaussian sigma 0.1, 0.3, 0.5, 1, 2, occlusion, uniform), seeded.
     """
-    from aetool import corrupt as library
     from aetool.devices import resolve_device
+    from aetool.evaluate import corrupt as library
 
     noises = parse_noise_option(noise or DEFAULT_NOISE_SPECS)
     if output is not None and not checkpoint:

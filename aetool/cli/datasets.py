@@ -64,7 +64,7 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None,
     if ctx.invoked_subcommand is not None:
         return
     from aetool.data import default_data_root
-    from aetool.datasets import describe_datasets
+    from aetool.data.registry import describe_datasets
 
     root = data_dir if data_dir is not None else default_data_root()
     rows = with_plugin_warnings(lambda: describe_datasets(root))

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli.app import app
 from aetool.cli.common import (
     DATASET_HELP,
@@ -34,7 +34,7 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.skipped import finish
 from aetool.devices import resolve_device
-from aetool.embed import METHODS, embed_runs
+from aetool.evaluate.embed import METHODS, embed_runs
 
 
 @app.command()

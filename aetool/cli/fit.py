@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool import runs
-from aetool.budget import MAX_EPOCHS, duration_text
+from aetool import workspace as runs
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -36,8 +35,9 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import check_model_option
 from aetool.cli.noises import check_noise_option
-from aetool.fast import MODES
-from aetool.training import (
+from aetool.train.budget import MAX_EPOCHS, duration_text
+from aetool.train.fast import MODES
+from aetool.train.loop import (
     DEFAULT_PRESET,
     PRESETS,
     SCHEDULES,

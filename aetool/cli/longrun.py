@@ -45,7 +45,7 @@ ThreadsOption = Annotated[
 
 def duration(value: str | None) -> float | None:
     """A Typer callback reading `--time` (90, 45s, 10m, 1h30m) as seconds (exit 2 if bad)."""
-    from aetool.budget import parse_duration
+    from aetool.train.budget import parse_duration
 
     if value is None:
         return None

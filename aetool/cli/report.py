@@ -11,8 +11,8 @@ from rich.markup import escape
 from aetool.cli.app import app
 from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr
 from aetool.cli.skipped import finish
-from aetool.report import SECTIONS, write_report
-from aetool.runs import Unreadable
+from aetool.report.render import SECTIONS, write_report
+from aetool.workspace import Unreadable
 
 
 @app.command()

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool import runs
+from aetool import workspace as runs
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -38,7 +38,7 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.devices import resolve_device
-from aetool.search import (
+from aetool.search.grid import (
     DEFAULT_EDS,
     DEFAULT_LRS,
     DEFAULT_WEIGHT_DECAYS,

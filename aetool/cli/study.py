@@ -8,7 +8,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool.budget import duration_text
 from aetool.cli.app import app
 from aetool.cli.common import (
     DataDirOption,
@@ -33,10 +32,11 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.cli.skipped import finish
-from aetool.embed import METHODS
-from aetool.runs import Unreadable
-from aetool.study import STAGES, StudySettings, run_study
-from aetool.training import DEFAULT_PRESET
+from aetool.evaluate.embed import METHODS
+from aetool.experiment import STAGES, StudySettings, run_study
+from aetool.train.budget import duration_text
+from aetool.train.loop import DEFAULT_PRESET
+from aetool.workspace import Unreadable
 
 
 @app.command()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aetool.hookspecs import hookimpl
 from aetool.models import Model
-from aetool.params import Param
+from aetool.plugins.hookspecs import hookimpl
+from aetool.plugins.params import Param
 
 
 class MLPAutoencoder(nn.Module):

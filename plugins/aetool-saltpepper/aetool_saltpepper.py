@@ -7,8 +7,8 @@ otherwise by 0 (pepper), like `skimage.util.random_noise(mode="s&p")`. MNIST-C u
 
 import torch
 
-from aetool.hookspecs import hookimpl
 from aetool.noises import Noise, NoiseParam, rand_like
+from aetool.plugins.hookspecs import hookimpl
 
 
 def salt_and_pepper(

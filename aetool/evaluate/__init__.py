@@ -1,0 +1,1 @@
+"""Evaluating trained runs: the noise table (`corrupt`) and the latent space (`embed`)."""

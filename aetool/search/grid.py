@@ -1,0 +1,512 @@
+"""Grid search with k-fold cross-validation: the grid, the folds, the selection rule, and an
+Optuna study that lets a search resume and spread over several workers.
+
+What is searched. Every (ED, learning rate, weight decay) point of the grid is trained on each
+of `folds` folds for `epochs` epochs, with `fit`'s training loop (`aetool.train.batched`: the same
+initial weights, batch order, Adam and loss as `aetool.train.loop`). The folds come from
+scikit-learn's `KFold(n_splits=folds, shuffle=True, random_state=seed)` over the training split
+that `fit` trains on (`split_train_val(data, val_size, 0).train`: MNIST's 50,000 images outside
+`fit`'s validation set); `fit`'s validation images and the test set are not touched.
+
+How a setting is chosen (per ED). A setting is dropped when its final validation loss on any
+fold is above `max_loss` (or not finite), or when it oscillates: its oscillation (the largest
+over the folds) is above `max_oscillation`. The oscillation of one validation curve is the
+sum of its epoch-to-epoch increases over the second half of the epochs, divided by the mean
+loss over that half: 0 for a curve that only goes down, 0.1 when it gives back a tenth of its
+level in bumps, 1 or more when it swings by its own size. On MNIST (ED 4, the report's grid,
+20 epochs) every curve measured 0.03 or less, so the default bound, 0.2, keeps normal noise
+and drops a curve with one jump of a fifth of its level or repeated smaller swings. Among the
+settings kept, the lowest mean final validation loss over the folds wins.
+
+How it survives and scales. The grid lives in an Optuna study (GridSampler's search space and
+grid ids; one trial per grid point, with its fold losses and curves as trial attributes), by
+default in a journal file in the workspace (`runs/search/study.log`), or in any Optuna storage.
+Each worker claims pending points by creating RUNNING trials for them, drops a claim that
+collides with an earlier live claim of the same point (lowest trial number wins), keeps a
+heartbeat on its trials, and fails the RUNNING trials of workers that died (same host: the
+process is gone; any host: no heartbeat for `grace_period` seconds), so their points are
+trained again. Points are claimed by aetool, not by `GridSampler.ask`, because GridSampler
+counts failed trials as visited and can hand one point to two workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aetool import workspace as runs
+from aetool.config import FitConfig
+from aetool.data import ProgressFn, load_dataset, split_train_val
+from aetool.devices import device_description, resolve_device
+from aetool.errors import AetoolError, RunError, SettingError
+from aetool.models import parse_model_spec
+from aetool.search.storage import (
+    SEARCH_DIR,
+    GridPoint,
+    GridStudy,
+    hide_password,
+    open_storage,
+)
+from aetool.train.batched import Curves, TrainJob, train_models
+
+DEFAULT_EDS = (4, 8, 16, 32)
+DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
+DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-4, 1e-5)
+RESULTS = runs.SEARCH_RESULTS
+OSCILLATION_DEFINITION = (
+    "sum of epoch-to-epoch increases of the validation loss over the second half of the "
+    "epochs, divided by its mean over that half; the largest over the folds"
+)
+# Models trained together on a CPU when --parallel is auto: on a 2-core CPU vmap gained
+# nothing over the plain loop (benchmarks/search_speed.py), so the CPU trains one at a time.
+CPU_PARALLEL = 1
+GPU_MAX_PARALLEL = 128
+BYTES_PER_IMAGE = 160_000  # activations and gradients of one image in one model, with slack
+
+# (completed units, total units, what is happening); a unit is one (ED, setting, fold).
+SearchProgressFn = Callable[[float, int, str], None]
+# Called with each group of models (one TrainJob per grid point and fold) right before this
+# worker trains them: what a worker actually trains, e.g. to check that no point is trained
+# twice. A group retried with fewer models after running out of GPU memory is reported again.
+TrainHook = Callable[[list[TrainJob]], None]
+
+
+@dataclass
+class SearchConfig:
+    """Everything that decides a search. The fields up to `model` decide its results."""
+
+    eds: list[int] = field(default_factory=lambda: list(DEFAULT_EDS))
+    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
+    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
+    folds: int = 3  # k of the k-fold cross-validation
+    epochs: int = 20  # epochs per (setting, fold)
+    batch_size: int = 1000  # fit's default, so the chosen lr suits the training that uses it
+    seed: int = 0  # seeds the folds, the initial weights and the batch order
+    dataset: str = "mnist"
+    resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
+    limit: int | None = None  # use only the first N training images (tests, demos)
+    val_size: int = 10_000  # fit's validation images, left out of the search
+    model: str = "course"  # the architecture every grid point trains (`aetool models`)
+    max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
+    max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
+    device: str = "auto"
+    parallel: int | None = None  # models trained together; None: sized for the device
+    storage: str | None = None  # any Optuna storage URL or a journal file; None: the workspace's
+    study_name: str | None = None  # None: derived from the settings above
+    heartbeat_interval: float = 20.0  # seconds between heartbeats of a worker's trials
+    grace_period: float = 120.0  # a trial without a heartbeat for this long is orphaned
+    poll_interval: float = 2.0  # seconds between looks at the study while others finish
+
+    def validate(self) -> None:
+        """Check every value; a `SettingError` names the first bad field."""
+        checks = [
+            ("eds", bool(self.eds), "the grid needs at least one encoding dimension (eds)"),
+            ("lrs", bool(self.lrs), "the grid needs at least one learning rate (lrs)"),
+            ("weight_decays", bool(self.weight_decays),
+             "the grid needs at least one weight decay (weight_decays)"),
+            ("eds", all(e >= 1 for e in self.eds), "every one of eds must be at least 1"),
+            ("lrs", all(v > 0 and math.isfinite(v) for v in self.lrs),
+             "every one of lrs must be positive"),
+            ("weight_decays", all(v >= 0 and math.isfinite(v) for v in self.weight_decays),
+             "every one of weight_decays must be zero or more"),
+            ("folds", self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
+            ("epochs", self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            ("batch_size", self.batch_size >= 1,
+             f"batch_size must be at least 1, got {self.batch_size}"),
+            ("limit", self.limit is None or self.limit >= 2 * self.folds,
+             f"limit must leave at least two images per fold, got {self.limit}"),
+            ("max_loss", self.max_loss > 0, f"max_loss must be positive, got {self.max_loss}"),
+            ("max_oscillation", self.max_oscillation >= 0,
+             f"max_oscillation must be zero or more, got {self.max_oscillation}"),
+            ("parallel", self.parallel is None or self.parallel >= 1,
+             f"parallel must be at least 1, got {self.parallel}"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise SettingError(name, message[0].upper() + message[1:] + ".")
+
+    def grid(self) -> list[GridPoint]:
+        """Every grid point, ED by ED, in the order of the options."""
+        return [GridPoint(e, lr, wd) for e in _unique(self.eds) for lr in _unique(self.lrs)
+                for wd in _unique(self.weight_decays)]
+
+    def search_space(self) -> dict[str, list[Any]]:
+        return {"ed": _unique(self.eds), "lr": _unique(self.lrs),
+                "weight_decay": _unique(self.weight_decays)}
+
+    def protocol(self) -> dict[str, Any]:
+        """What decides the results: two searches with the same protocol share a study."""
+        protocol = {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
+                    "limit": self.limit, "val_size": self.val_size}
+        if self.resize:  # studies without it keep the names they had
+            protocol["resize"] = True
+        if self.model != "course":  # studies of the course model keep the names they had
+            protocol["model"] = self.model
+        return protocol
+
+    def default_study_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
+        label = Path(self.dataset).name  # a path's last part; a registered name as it is
+        return f"aetool-search-{label}-{digest[:12]}"
+
+    def fit_config(self, point: GridPoint, device: str) -> FitConfig:
+        """The settings `fit` would train this grid point with (no early stopping)."""
+        return FitConfig(
+            ed=point.ed, lr=point.lr, weight_decay=point.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
+            device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
+            preset="search",
+            model=self.model,
+        )
+
+
+def _unique(values: Sequence[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+# --------------------------------------------------------------------------- data and folds
+
+
+def search_images(
+    config: SearchConfig,
+    data_dir: Path | str | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+) -> tuple[torch.Tensor, str]:
+    """The images the search cross-validates on, and the data set's checksum."""
+    data = load_dataset(config.dataset, data_dir, device, progress,
+                        resize=config.resize)
+    train = split_train_val(data, config.val_size, 0).train
+    if config.limit is not None:
+        train = train[: config.limit]
+    if train.shape[0] < 2 * config.folds:
+        raise AetoolError(
+            f"{train.shape[0]} training images are too few for {config.folds} folds."
+        )
+    return train, data.checksum
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(train, validation) index tensors of scikit-learn's shuffled, seeded `KFold`."""
+    from sklearn.model_selection import KFold
+
+    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(torch.from_numpy(tr).long(), torch.from_numpy(va).long())
+            for tr, va in splitter.split(range(n))]
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def oscillation(curve: Sequence[float | None]) -> float:
+    """Upward variation of a loss curve over its second half, relative to its mean there."""
+    values = [math.inf if v is None else float(v) for v in curve]
+    if not all(math.isfinite(v) for v in values):
+        return math.inf
+    tail = values[len(values) // 2 :]
+    if len(tail) < 2:
+        return 0.0
+    level = statistics.fmean(tail)
+    rises = sum(max(0.0, b - a) for a, b in zip(tail, tail[1:], strict=False))
+    return rises / level if level > 0 else 0.0
+
+
+def _final(curve: Sequence[float | None]) -> float:
+    value = curve[-1] if curve else None
+    return math.nan if value is None else float(value)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
+def summarize_setting(
+    lr: float, weight_decay: float, train_curves: list[list], val_curves: list[list]
+) -> dict[str, Any]:
+    """One row of the results: fold losses at the last epoch, mean ± std, gap, oscillation."""
+    fold_val = [_final(c) for c in val_curves]
+    fold_train = [_final(c) for c in train_curves]
+    val_mean, val_std = _mean_std(fold_val)
+    train_mean, _ = _mean_std(fold_train)
+    return {
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "fold_val": fold_val,
+        "fold_train": fold_train,
+        "val_mean": val_mean,
+        "val_std": val_std,
+        "train_mean": train_mean,
+        "gap": val_mean - train_mean,
+        "oscillation": max(oscillation(c) for c in val_curves),
+        "kept": False,
+        "reason": None,
+        "curves": {"val": val_curves, "train": train_curves},
+    }
+
+
+def select_best(
+    settings: list[dict[str, Any]], max_loss: float, max_oscillation: float
+) -> dict[str, Any] | None:
+    """Mark each setting kept or dropped (with the reason) and return the best kept one:
+    dropped when the final validation loss on any fold is above `max_loss` or not finite, or
+    when its oscillation is above `max_oscillation`; best is the lowest mean validation loss."""
+    for setting in settings:
+        finals = setting["fold_val"]
+        bad = [(i, v) for i, v in enumerate(finals) if not (math.isfinite(v) and v <= max_loss)]
+        if bad:
+            fold, value = max(bad, key=lambda iv: iv[1] if math.isfinite(iv[1]) else math.inf)
+            setting["reason"] = (
+                f"diverged on fold {fold + 1}" if not math.isfinite(value)
+                else f"val {value:.3g} > {max_loss:g} on fold {fold + 1}"
+            )
+        elif not setting["oscillation"] <= max_oscillation:
+            setting["reason"] = f"oscillation {setting['oscillation']:.3g} > {max_oscillation:g}"
+        else:
+            setting["reason"] = None
+        setting["kept"] = setting["reason"] is None
+    kept = [s for s in settings if s["kept"]]
+    if not kept:
+        return None
+    best = min(kept, key=lambda s: s["val_mean"])
+    return {k: best[k] for k in ("lr", "weight_decay", "val_mean", "val_std")}
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def auto_parallel(device: torch.device, batch_size: int) -> int:
+    """How many models to train together: one on a CPU (vmap gains nothing there), on a GPU
+    as many as half its free memory holds (at most GPU_MAX_PARALLEL)."""
+    per_model = max(1, batch_size) * BYTES_PER_IMAGE
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    elif device.type == "mps":
+        free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    else:
+        return CPU_PARALLEL
+    return int(max(1, min(GPU_MAX_PARALLEL, free // 2 // per_model)))
+
+
+def _clean(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
+
+
+def _train_units(
+    jobs: list[TrainJob], images: torch.Tensor, epochs: int, parallel: int,
+    progress: Callable[[int], None], on_train: TrainHook | None = None,
+) -> tuple[list[Curves], int]:
+    """Train jobs in groups of `parallel`; halve the group after running out of GPU memory.
+    Returns the curves and the group size that worked. `on_train` sees each group first."""
+    curves: list[Curves] = []
+    start = 0
+    while start < len(jobs):
+        group = jobs[start : start + parallel]
+        if on_train is not None:
+            on_train(group)
+        try:
+            curves += train_models(group, images, epochs, progress)
+        except torch.OutOfMemoryError:
+            if parallel == 1:
+                raise AetoolError(
+                    "The device ran out of memory training a single model; lower --batch-size."
+                ) from None
+            if images.device.type == "cuda":
+                torch.cuda.empty_cache()
+            parallel = max(1, parallel // 2)
+            continue
+        start += len(group)
+    return curves, parallel
+
+
+def run_search(
+    config: SearchConfig,
+    runs_root: Path | str | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    on_progress: SearchProgressFn | None = None,
+    data_progress: ProgressFn | None = None,
+    on_train: TrainHook | None = None,
+) -> dict[str, Any]:
+    """Work through the grid with any other workers of the same study, wait until every point
+    is done, then write and return `runs/search/results.json`.
+
+    `on_train` (a `TrainHook`) is called with every group of models this worker is about to
+    train, after its claims on their grid points held."""
+    config.validate()
+    spec = parse_model_spec(config.model)  # spelt out in full, and checked on a dummy batch
+    spec.build(config.eds[0])
+    config = replace(config, model=spec.spec)
+    workspace = runs.Workspace(runs_root)
+    device = resolve_device(config.device)
+    images, checksum = search_images(config, data_dir, device, data_progress)
+    folds = fold_indices(images.shape[0], config.folds, config.seed)
+    protocol = {**config.protocol(), "train_images": int(images.shape[0]),
+                "dataset_sha256": checksum}
+    study = GridStudy(config, open_storage(config.storage, workspace.root), protocol)
+    tic = time.perf_counter()
+    with study.heartbeat():
+        try:
+            _work_through(config, study, images, folds, device, on_progress, on_train)
+        except BaseException:
+            study.fail_in_flight("stopped: the worker was interrupted or failed")
+            raise
+    results = build_results(config, study, protocol)
+    results["study"]["storage"] = hide_password(config.storage) or str(workspace.search_log)
+    results["study"]["seconds"] = time.perf_counter() - tic
+    # Workers finishing together take turns: the lock is held only for the write.
+    with workspace.lock(SEARCH_DIR, "The search results", wait=120):
+        runs.save_json(workspace.search_results, results)
+    return results
+
+
+def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
+                  folds: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                  on_progress: SearchProgressFn | None, on_train: TrainHook | None) -> None:
+    """Claim and train pending grid points, a group at a time, until none is left; then wait
+    for the points other workers are training."""
+    from optuna.trial import TrialState
+
+    parallel = config.parallel or auto_parallel(device, config.batch_size)
+    total = len(config.grid()) * config.folds
+    units = 0.0
+
+    def report(value: float, status: str) -> None:
+        nonlocal units
+        units = value
+        if on_progress is not None:
+            on_progress(min(units, total), total, status)
+
+    while True:
+        pending, done, elsewhere = study.status()
+        if not pending:
+            if not elsewhere:
+                report(len(done) * config.folds, "done")
+                return
+            report(len(done) * config.folds,
+                   f"waiting for {len(elsewhere)} settings other workers train")
+            time.sleep(config.poll_interval)
+            continue
+        ed = pending[0].ed
+        chosen = [p for p in pending if p.ed == ed][: max(1, parallel // config.folds)]
+        claimed = study.claim(chosen)
+        if not claimed:
+            continue
+        status = f"ED {ed}: {len(claimed)} settings x {config.folds} folds"
+        report(len(done) * config.folds, status)
+        jobs = [TrainJob(config.fit_config(point, str(device)), tr, va)
+                for _, point in claimed for tr, va in folds]
+        curves, parallel = _train_units(
+            jobs, images, config.epochs, parallel,
+            lambda model_epochs, status=status: report(units + model_epochs / config.epochs,
+                                                       status),
+            on_train)
+        for i, (trial_id, _) in enumerate(claimed):
+            fold_curves = curves[i * config.folds : (i + 1) * config.folds]
+            study.finish(trial_id, TrialState.COMPLETE, *_trial_result(fold_curves, device))
+
+
+def _trial_result(fold_curves: list[Curves], device: torch.device
+                  ) -> tuple[float, dict[str, Any]]:
+    """A trial's objective (mean final validation loss, inf if any fold diverged) and the
+    attributes it keeps: fold losses and curves."""
+    finals = [c.val[-1] for c in fold_curves]
+    value = statistics.fmean(finals) if all(map(math.isfinite, finals)) else math.inf
+    return value, {
+        "fold_val": _clean(finals),
+        "fold_train": _clean([c.train[-1] for c in fold_curves]),
+        "curves": {"val": [_clean(c.val) for c in fold_curves],
+                   "train": [_clean(c.train) for c in fold_curves]},
+        "seconds": sum(c.seconds for c in fold_curves),
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),  # the worker's intra-op CPU threads
+    }
+
+
+def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The results file's content, from the study's COMPLETE trials (see COMMON format)."""
+    done = study.completed()
+    eds: dict[str, Any] = {}
+    missing = []
+    for ed in _unique(config.eds):
+        settings = []
+        for point in (p for p in config.grid() if p.ed == ed):
+            trial = done.get(point)
+            if trial is None:
+                missing.append(point.params)
+                continue
+            curves = trial.user_attrs["curves"]
+            settings.append(summarize_setting(point.lr, point.weight_decay,
+                                              curves["train"], curves["val"]))
+        best = select_best(settings, config.max_loss, config.max_oscillation)
+        eds[str(ed)] = {"settings": settings, "best": best}
+    grid = {
+        "ed": protocol["ed"], "lr": protocol["lr"], "weight_decay": protocol["weight_decay"],
+        "folds": config.folds, "epochs": config.epochs, "batch_size": config.batch_size,
+        "seed": config.seed, "dataset": config.dataset, "val_size": config.val_size,
+        "limit": config.limit, "train_images": protocol["train_images"],
+        "max_loss": config.max_loss, "max_oscillation": config.max_oscillation,
+        "model": config.model, "oscillation": OSCILLATION_DEFINITION,
+        "std": "population standard deviation over the folds",
+    }
+    return {
+        "grid": grid,
+        "eds": eds,
+        "complete": not missing,
+        "missing": missing,
+        "study": {"name": study.name},
+    }
+
+
+# --------------------------------------------------------------------------- reading results
+
+
+def results_path(runs_root: Path | str | None = None) -> Path:
+    return runs.Workspace(runs_root).search_results
+
+
+def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:
+    path = results_path(runs_root)
+    if not path.exists():
+        raise RunError(f"There are no search results in {path}; run `aetool search` first.")
+    from aetool.checks import check_search_results
+
+    return check_search_results(path, runs.load_json(path))
+
+
+def best_setting(runs_root: Path | str | None, ed: int,
+                 model: str | None = None) -> dict[str, float]:
+    """The lr and weight decay the last search chose for encoding dimension `ed` (and, when
+    given, for the model spec `model`: a search of another architecture is refused)."""
+    results = load_results(runs_root)
+    path = results_path(runs_root)
+    searched = (results.get("grid") or {}).get("model", "course")
+    if model is not None and searched != model:
+        raise RunError(f"The search in {path} trained {searched!r}, not {model!r}; run "
+                       "`aetool search` with that model first.")
+    entry = results["eds"].get(str(ed))
+    if entry is None:
+        raise RunError(
+            f"The search in {path} did not cover ED {ed}; run `aetool search --ed {ed}` first."
+        )
+    best = entry.get("best")
+    if not best:
+        raise RunError(
+            f"No setting for ED {ed} passed the search's selection rule in {path}; "
+            "widen the grid or loosen --max-loss / --max-oscillation."
+        )
+    from aetool.checks import check_best
+
+    return check_best(path, ed, best)

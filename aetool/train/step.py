@@ -1,0 +1,97 @@
+"""One training step and one evaluation: what every loop in aetool (the fit, the search's
+batched models, the fast modes, the noise table) shares.
+
+`train_epoch` is the reference epoch: one pass over device-resident uint8 images in a seeded
+random order, the mean squared error against the clean images, one Adam step per batch.
+`aetool.train.fast` makes faster epochs with the same meaning (the `TrainEpoch` protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from aetool.data import to_float
+
+# A noise turns a clean float batch into a corrupted one, drawing randomness from `generator`.
+NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# Loss and backward of one step: (inputs, clean targets, is a full batch) -> the loss.
+BackwardFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 2000,
+    noise: NoiseFn | None = None,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Mean squared error per pixel between reconstructions and the clean uint8 `images`."""
+    was_training = model.training
+    model.eval()
+    # float64 keeps the sum exact over 10,000 images; MPS has no float64, so float32 there.
+    dtype = torch.float32 if images.device.type == "mps" else torch.float64
+    total = torch.zeros((), device=images.device, dtype=dtype)
+    for start in range(0, images.shape[0], batch_size):
+        clean = to_float(images[start : start + batch_size])
+        inputs = noise(clean, generator) if noise is not None else clean
+        total += F.mse_loss(model(inputs), clean, reduction="sum").to(dtype)
+    model.train(was_training)
+    return (total / images[:1].numel() / images.shape[0]).item()
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    batch_size: int,
+    shuffle: torch.Generator,
+    noise: NoiseFn | None = None,
+    noise_generator: torch.Generator | None = None,
+    backward: BackwardFn | None = None,
+) -> float:
+    """One pass over `images` in a seeded random order; returns the mean training loss.
+
+    `backward(inputs, clean, full_batch)` may replace the plain loss + backward of a step
+    (`aetool.train.fast` passes compiled or tuned kernels); the optimiser step stays here."""
+    model.train()
+    n = images.shape[0]
+    order = torch.randperm(n, generator=shuffle).to(images.device, non_blocking=True)
+    total = torch.zeros((), device=images.device)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        clean = to_float(images[idx])
+        inputs = noise(clean, noise_generator) if noise is not None else clean
+        if backward is None:
+            loss = F.mse_loss(model(inputs), clean)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            loss = backward(inputs, clean, idx.numel() == batch_size)
+        optimizer.step()
+        total += loss.detach() * idx.numel()
+    return (total / n).item()
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator:
+    generator = torch.Generator(device=device if device.type != "mps" else "cpu")
+    return generator.manual_seed(seed)
+
+
+class TrainEpoch(Protocol):
+    """An epoch function: `train_epoch`'s signature and meaning; returns the mean loss."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        batch_size: int,
+        shuffle: torch.Generator,
+        noise: NoiseFn | None = None,
+        noise_generator: torch.Generator | None = None,
+    ) -> float: ...

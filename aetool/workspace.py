@@ -1,0 +1,696 @@
+"""The workspace and its run folders: names, locks, what each file is called, safe writing.
+
+A workspace (default `./runs`, or `--runs` / `$AETOOL_RUNS`) holds one folder per trained
+model (`ed4/`, `ed32/`, ...) and a `search/` folder. A run folder holds:
+
+    config.json    the resolved settings it was trained with
+    history.json   per-epoch train and validation loss, learning rate and seconds
+    model.pt       the best weights by validation loss (a bare state_dict)
+    state.pt       everything needed to resume (model, optimiser, RNG states, history)
+    metrics.json   written last: final test MSE, best epoch, timing, device, versions
+
+Nothing outside the workspace is written or deleted: a run name is one plain folder name
+(`check_run_name`). A command that writes into a run holds its lock (`RunLock`) for as long
+as it works on it, so two commands never write the same run at once. A new run is built in a
+hidden sibling folder until its first epoch is saved and only then takes its name, so a
+failed start leaves nothing behind and `--force` replaces an old run only once the new one is
+training. Every file is written under a temporary name and renamed into place, and
+everything loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import torch
+
+from aetool.config import FitConfig
+from aetool.errors import AetoolError, RunError, SettingError
+from aetool.files import jsonable, save_json, save_torch
+from aetool.files import load_json as _load_json
+from aetool.files import load_torch as _load_torch
+
+# A run folder's files.
+CONFIG = "config.json"
+HISTORY = "history.json"
+MODEL = "model.pt"
+STATE = "state.pt"
+METRICS = "metrics.json"
+NOISE_TABLE = "noise_table.json"  # aetool corrupt
+NOISE_EXAMPLES = "noise_examples.png"
+EMBEDDING_NPZ = "embedding.npz"  # aetool embed
+EMBEDDING_JSON = "embedding.json"
+# The workspace's own files.
+SEARCH_DIR = "search"  # aetool search: its folder, results and Optuna journal
+SEARCH_RESULTS = "results.json"
+SEARCH_LOG = "study.log"
+REPORT_FILE = "report.html"  # aetool report
+STUDY_FILE = "study.json"  # aetool study
+RESERVED = {SEARCH_DIR}
+NAME_RULE = ("one folder name of letters, digits, '_', '-' and '.', starting with a letter or "
+             "a digit, at most 100 characters")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+__all__ = [
+    "CONFIG", "HISTORY", "METRICS", "MODEL", "STATE", "Run", "RunLock", "RunWarning", "RunWriter",
+    "check_run_name", "jsonable", "list_runs", "load_json", "load_torch", "open_run",
+    "run_lock", "save_json", "save_torch", "select_runs", "workspace_root",
+]
+
+
+def load_json(path: Path | str) -> Any:
+    return _load_json(path, RunError)
+
+
+def load_torch(path: Path | str) -> Any:
+    return _load_torch(path, RunError)
+
+
+class RunWarning(UserWarning):
+    """Something about a run the user should know, that did not stop the command."""
+
+
+# --------------------------------------------------------------------------- names and roots
+
+
+def check_run_name(name: Any) -> str:
+    """`name` if it is one plain folder name inside the workspace, else a `SettingError`.
+
+    Refused: anything with `/` or `\\`, `.` and `..`, absolute paths, hidden names, control or
+    other characters outside the rule, and the workspace's own `search` folder."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED:
+        shown = repr(name) if isinstance(name, str) else type(name).__name__
+        raise SettingError(
+            "name", f"Run name {shown} is not allowed: a run name is {NAME_RULE}, and not "
+            f"{', '.join(sorted(RESERVED))}."
+        )
+    return name
+
+
+def workspace_root(root: Path | str | None = None) -> Path:
+    """The workspace folder: `root`, else `$AETOOL_RUNS`, else `./runs`. It may not exist yet,
+    but it may not be a file."""
+    path = Path(root) if root is not None else Path(os.environ.get("AETOOL_RUNS") or "runs")
+    if path.exists() and not path.is_dir():
+        raise SettingError("runs", f"The workspace {path} is a file, not a folder.")
+    return path
+
+
+def default_runs_root() -> Path:
+    """The workspace when none is named (kept for callers of earlier versions)."""
+    return workspace_root()
+
+
+def run_path(root: Path | str | None, name: str) -> Path:
+    """The folder of run `name` in the workspace, after checking the name."""
+    return workspace_root(root) / check_run_name(name)
+
+
+def embedding_plot(method: str) -> str:
+    """The file name of a run's latent-space scatter plot for projection `method`."""
+    return f"latent_{method}.png"
+
+
+class Workspace:
+    """A workspace folder and every path in it: the one place that knows the layout.
+
+    `Workspace()` is `$AETOOL_RUNS` or `./runs`; `Workspace(path)` any folder (not a file)."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = workspace_root(root)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    def run_dir(self, name: str) -> Path:
+        """The folder of run `name`, after checking the name (`check_run_name`)."""
+        return self.root / check_run_name(name)
+
+    def runs(self, finished_only: bool = True,
+             unreadable: list[Unreadable] | None = None) -> list[Run]:
+        return list_runs(self.root, finished_only, unreadable)
+
+    def select(self, names: list[str] | None = None, eds: list[int] | None = None,
+               unreadable: list[Unreadable] | None = None) -> list[Run]:
+        return select_runs(self.root, names, eds, unreadable)
+
+    def lock(self, name: str, what: str | None = None, wait: float = 0.0) -> RunLock:
+        return RunLock(self.root, name, what, wait)
+
+    @property
+    def search_dir(self) -> Path:
+        return self.root / SEARCH_DIR
+
+    @property
+    def search_results(self) -> Path:
+        return self.search_dir / SEARCH_RESULTS
+
+    @property
+    def search_log(self) -> Path:
+        return self.search_dir / SEARCH_LOG
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+    @property
+    def study(self) -> Path:
+        return self.root / STUDY_FILE
+
+
+# --------------------------------------------------------------------------- locks
+
+_held: dict[Path, list] = {}  # lock file -> [FileLock, depth]: re-entrant within one process
+_NOTE_LIMIT = 4096  # bytes of a holder's note read at most
+_PID_MAX = 2**31 - 1
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one we may not signal counts as running)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _PID_MAX:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True
+    return True
+
+
+def _read_note(path: Path) -> dict[str, Any]:
+    """The holder's note beside a lock: `pid` (a plausible process number), `host` and
+    `command` (strings). Whatever else the file holds (a link, a folder, garbage, a huge file,
+    a PID of 1e20) is ignored: the note is only ever used for messages."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        note = json.loads(os.read(fd, _NOTE_LIMIT) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
+    if not isinstance(note, dict):
+        return {}
+    clean: dict[str, Any] = {}
+    pid = note.get("pid")
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= _PID_MAX:
+        clean["pid"] = pid
+    for key in ("host", "command"):
+        if isinstance(note.get(key), str):
+            clean[key] = note[key][:200]
+    return clean
+
+
+def _lock_path_problem(path: Path) -> str | None:
+    """Why `path` cannot be aetool's lock file (a link, a folder...), or None when it can."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({(exc.strerror or str(exc)).lower()})"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(mode):
+        return "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
+    return None
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except OSError:
+        return False
+
+
+class RunLock:
+    """An exclusive lock on one entry of a workspace (a run, or the search results).
+
+    The lock file `ROOT/.NAME.lock` is locked with `filelock` (by the operating system:
+    released when the process ends, however it ends; opened without following symbolic links,
+    and refused when it is a link, a folder or anything but a plain file). Beside it the note
+    `ROOT/.NAME.lock.json` holds the holder's PID, host and command, so a second command is
+    told who holds it; a note left by a process that died is taken over with a warning.
+    Re-entrant within one process."""
+
+    def __init__(self, root: Path | str, name: str, what: str | None = None,
+                 wait: float = 0.0) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.path = self.root / f".{name}.lock"
+        self.note = self.root / f".{name}.lock.json"
+        self.what = what or f"Run {name!r}"
+        self.wait = wait  # seconds to wait for a holder to finish before giving up
+        self._made: list[Path] = []  # folders the lock created, removed again if left empty
+
+    def acquire(self) -> RunLock:
+        key = self.path.absolute()
+        if key in _held:
+            _held[key][1] += 1
+            return self
+        self._made = [p for p in (self.root, *self.root.parents) if not p.exists()]
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"Cannot create the workspace {self.root}: "
+                           f"{(exc.strerror or str(exc)).lower()}.") from None
+        lock = self._lock_file()
+        note = _read_note(self.note)
+        if note.get("pid") not in (None, os.getpid()) and note.get("host") == _host() \
+                and not pid_alive(note["pid"]):
+            warnings.warn(f"{self.what} was locked by process {note['pid']}, which stopped "
+                          "without releasing it; taking it over.", RunWarning, stacklevel=2)
+        _held[key] = [lock, 1]
+        mine = {"pid": os.getpid(), "host": _host(),
+                "command": " ".join(["aetool", *sys.argv[1:2]])}
+        try:
+            save_json(self.note, mine)
+        except AetoolError:
+            self.release()
+            raise
+        return self
+
+    def _lock_file(self) -> filelock.FileLock:
+        """The held `FileLock` of `self.path`. The file is removed again on release (while
+        still held), so a lock won on a file that its holder removed meanwhile is let go and
+        taken again on the new file."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            problem = _lock_path_problem(self.path)
+            if problem is not None:
+                raise RunError(f"{self.path} {problem}, not a lock file aetool made; remove it "
+                               "(when no aetool command is running) and try again.")
+            fds: list[int] = []
+            lock = filelock.FileLock(str(self.path), timeout=max(0.0, deadline - time.monotonic()),
+                                     mode=0o644, on_acquired=fds.append)
+            try:
+                lock.acquire(poll_interval=0.05)
+            except filelock.Timeout:
+                raise RunError(self._in_use()) from None
+            except OSError as exc:
+                problem = _lock_path_problem(self.path) or \
+                    f"cannot be opened ({(exc.strerror or str(exc)).lower()})"
+                raise RunError(f"Cannot lock {self.what}: {self.path} {problem}.") from None
+            if fds and _same_file(self.path, fds[-1]):
+                return lock
+            lock.release()
+
+    def _in_use(self) -> str:
+        note = _read_note(self.note)
+        holder = f"process {note.get('pid', '?')}"
+        if note.get("host") and note.get("host") != _host():
+            holder += f" on {note['host']}"
+        return (f"{self.what} is in use by {holder} ({note.get('command', 'aetool')}); wait for "
+                "it to finish.")
+
+    def release(self) -> None:
+        key = self.path.absolute()
+        entry = _held.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _held[key]
+            self.note.unlink(missing_ok=True)  # while still locked: no one else writes them
+            self.path.unlink(missing_ok=True)
+            entry[0].release()
+            for folder in self._made:  # a workspace made for a command that wrote nothing
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or not ours to remove): it stays
+                    break
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@contextmanager
+def run_lock(folder: Path | str) -> Iterator[RunLock]:
+    """Hold the lock of the run at `folder` (its workspace is the parent folder)."""
+    folder = Path(folder)
+    with RunLock(folder.parent, folder.name) as lock:
+        yield lock
+
+
+# --------------------------------------------------------------------------- writing a run
+
+
+def _staging(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _staged(path: Path, kind: str) -> list[Path]:
+    """The staging folders of run `path` exactly (`.NAME.KIND-PID`), never another run's: with
+    runs `a` and `a.new-x`, `.a.new-x.old-7` belongs to `a.new-x` alone."""
+    pattern = re.compile(re.escape(f".{path.name}.{kind}-") + r"[0-9]+")
+    try:
+        children = sorted(path.parent.iterdir())
+    except OSError:
+        return []
+    return [child for child in children if pattern.fullmatch(child.name)]
+
+
+def recover(path: Path) -> None:
+    """Tidy what an earlier command on run `path` left when it was killed: a new run that never
+    finished its first epoch is removed, and an old run it was replacing is put back (or
+    removed, when the new one had taken its place). Call with the run's lock held."""
+    for leftover in _staged(path, "new"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in _staged(path, "old"):
+        if path.exists() or path.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+            warnings.warn(f"Restored {path}: the command that was replacing it stopped before "
+                          "its first epoch.", RunWarning, stacklevel=2)
+
+
+# What aetool itself writes into a run folder; `--force` replaces only a folder holding these.
+RUN_FILES = {CONFIG, HISTORY, MODEL, STATE, METRICS, NOISE_TABLE, NOISE_EXAMPLES, EMBEDDING_NPZ,
+             EMBEDDING_JSON}
+_RUN_FILE = re.compile(r"latent_[a-z0-9_]+\.png|\..+\.tmp")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What in folder `path` aetool did not write: sub-folders, links and files other than a
+    run's (sorted); empty for a run folder aetool made (or an empty folder)."""
+    foreign = []
+    for child in sorted(path.iterdir()):
+        ours = child.name in RUN_FILES or _RUN_FILE.fullmatch(child.name)
+        if not ours or child.is_symlink() or not child.is_file():
+            foreign.append(child.name + ("/" if child.is_dir() else ""))
+    return foreign
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse (`SettingError` on `replace`) to replace `path` unless it is a run aetool made:
+    a folder (not a link) holding a config.json and only the files aetool writes."""
+    if path.is_symlink():
+        raise SettingError("replace", f"{path} is a symbolic link, not a run folder; --force "
+                           "replaces only runs aetool made.")
+    if not path.is_dir():
+        return
+    foreign = foreign_entries(path)
+    if foreign or (any(path.iterdir()) and not (path / CONFIG).is_file()):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SettingError("replace", f"{path} is not an aetool run (it holds "
+                           f"{shown or 'no ' + CONFIG}); --force replaces only runs aetool "
+                           "made: move the folder away or pick another name.")
+
+
+class RunWriter:
+    """Writes one run folder for the training loop: checks how it may start, saves each epoch,
+    finishes with the metrics. The loop calls it and never joins a path itself.
+
+    `resume`: continue the unfinished run in `path`. `replace`: a run already in `path` is
+    replaced, but only once the new run has saved its first epoch; until then it stays."""
+
+    def __init__(self, path: Path | str, *, resume: bool = False, replace: bool = False,
+                 provenance: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.resume = resume
+        self.replace = replace
+        self.provenance = provenance  # config.json's record of what provided model and data
+        self._pending: Path | None = None  # a new run's folder until its first epoch is saved
+
+    def check(self) -> dict[str, Any] | None:
+        """Refuse a start that would lose work; return the saved state when resuming."""
+        recover(self.path)
+        if self.path.is_symlink():
+            raise RunError(f"{self.path} is a symbolic link, not a run folder; aetool writes "
+                           "only into folders of its own workspace.")
+        if self.resume:
+            return self._resume_state()
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path} is a file, not a run folder.")
+        if self.replace:
+            check_replaceable(self.path)
+        elif self.path.is_dir():
+            self._check_new()
+        self._pending = _staging(self.path, "new")
+        shutil.rmtree(self._pending, ignore_errors=True)
+        return None
+
+    def _resume_state(self) -> dict[str, Any]:
+        if (self.path / METRICS).exists():
+            raise RunError(f"{self.path} is already finished; there is nothing to resume.")
+        if not (self.path / STATE).exists():
+            raise RunError(f"{self.path} has no {STATE} to resume from.")
+        state = load_torch(self.path / STATE)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise RunError(f"{self.path / STATE} does not hold a training state.")
+        return state
+
+    def _check_new(self) -> None:
+        if (self.path / METRICS).exists():
+            raise RunError(f"{self.path} already holds a finished run; pick another name "
+                           "or replace it (`aetool fit --force`).")
+        if (self.path / STATE).exists():
+            raise RunError(f"{self.path} holds an unfinished run; resume it or replace it "
+                           "(`aetool fit --resume` or `--force`).")
+        others = sorted(p.name for p in self.path.iterdir() if p.name != CONFIG)
+        if others:
+            raise RunError(f"{self.path} already exists and is not an aetool run (it holds "
+                           f"{', '.join(others[:3])}); pick another name.")
+
+    @property
+    def folder(self) -> Path:
+        """Where the files go now: the hidden new folder until the first epoch is saved."""
+        return self._pending or self.path
+
+    def save_epoch(self, config: FitConfig, state: dict[str, Any], history: list[dict],
+                   best_weights: dict[str, torch.Tensor] | None) -> None:
+        """One finished epoch: the best weights when they improved, then the resume state,
+        then the history (a history on disk always has a state to resume from)."""
+        folder = self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._pending is not None:
+            extra = {"provenance": self.provenance} if self.provenance else {}
+            save_json(folder / CONFIG, {**asdict(config), **extra})
+        if best_weights is not None:
+            save_torch(folder / MODEL, best_weights)
+        save_torch(folder / STATE, state)
+        save_json(folder / HISTORY, history)
+        if self._pending is not None:
+            self._take_place()
+
+    def _take_place(self) -> None:
+        assert self._pending is not None
+        old = None
+        if self.path.exists():  # replaced (or an empty/failed start): moved aside, then gone
+            old = _staging(self.path, "old")
+            os.replace(self.path, old)
+        os.replace(self._pending, self.path)
+        self._pending = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        return load_torch(self.path / MODEL)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        save_json(self.path / METRICS, metrics)
+
+    def abandon(self) -> None:
+        """Remove a new run's folder that never saved an epoch (a failed or stopped start)."""
+        if self._pending is not None:
+            shutil.rmtree(self._pending, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+# What metrics.json and history.json may hold (`aetool.checks`): a test MSE or loss that is
+# not a number (a model that diverged) is a result to show, written as null or "inf".
+METRICS_FIELDS = {
+    "test_mse": "loss", "best_val_loss": "loss", "final_train_loss": "loss",
+    "best_epoch": "int", "epochs": "int", "train_seconds": "seconds",
+    "seconds_per_epoch": "seconds", "train_images": "int?", "val_images": "int?",
+    "test_images": "int?", "parameters": "int?", "dataset_sha256": "str?",
+    "stopped_early": "bool?", "environment": "scalars", "time_budget": "dict?",
+}
+HISTORY_FIELDS = {"epoch": "count", "train_loss": "loss", "val_loss": "loss", "lr": "number?",
+                  "seconds": "seconds?"}
+
+
+def _check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
+    from aetool.checks import check_object
+
+    return check_object(path, metrics, METRICS_FIELDS, required=("test_mse",))
+
+
+@dataclass
+class Run:
+    """A trained model's folder and what it says about itself."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def settings(self) -> FitConfig:
+        return FitConfig.from_dict(self.config)
+
+    @property
+    def ed(self) -> int:
+        return int(self.config["ed"])
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.metrics)
+
+    def history(self) -> list[dict[str, Any]]:
+        """The epochs of history.json, each checked (losses as floats, NaN allowed)."""
+        from aetool.checks import check_list
+
+        path = self.path / HISTORY
+        history = load_json(path) if path.exists() else []
+        return check_list(path, history, HISTORY_FIELDS, entry="epoch")
+
+    def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201 (nn.Module)
+        """The run's best weights in its own architecture (`config.json`'s model), eval mode.
+        A model no plugin here provides is a `RunError` naming the run and its config.json."""
+        from aetool.models import load_weights
+
+        try:
+            return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+        except SettingError as exc:
+            raise self.unavailable("model", self.settings.model, exc) from None
+
+    def dataset(self) -> tuple[str, bool]:
+        """The data set the run was trained on and its `resize`, after checking it is there (a
+        `RunError` naming the run and its config.json when it is not)."""
+        from aetool.data import check_dataset
+
+        settings = self.settings
+        try:
+            return check_dataset(settings.dataset, settings.resize), settings.resize
+        except SettingError as exc:
+            raise self.unavailable("data set", settings.dataset, exc) from None
+
+    def unavailable(self, what: str, value: str, exc: Exception) -> RunError:
+        """The sentence for a run whose config.json names a model or data set (`what`) that
+        cannot be had here."""
+        from aetool.errors import first_line
+
+        advice = "install the plugin that provides it" if what == "model" else \
+            "restore it, or install the plugin that provides it"
+        return RunError(f"Run {self.name!r} cannot be loaded: {self.path / CONFIG} names the "
+                        f"{what} {value!r}, which is not available here: "
+                        f"{first_line(exc).rstrip('.')}; {advice}.")
+
+
+def open_run(path: Path | str) -> Run:
+    """Read a run folder and check its files; a bad file gets a `RunError` that names it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"Run folder {path} does not exist.")
+    if not (path / CONFIG).exists():
+        raise RunError(f"{path} is not a run folder (it has no {CONFIG}).")
+    raw = load_json(path / CONFIG)
+    try:
+        config = FitConfig.from_dict(raw)
+    except SettingError as exc:
+        raise RunError(f"{path / CONFIG}: {exc}") from None
+    metrics = {}
+    if (path / METRICS).exists():
+        metrics = _check_metrics(path / METRICS, load_json(path / METRICS))
+    return Run(path, {**raw, **asdict(config)}, metrics)
+
+
+@dataclass
+class Unreadable:
+    """A run folder that could not be read, and why."""
+
+    name: str
+    reason: str
+
+
+def list_runs(root: Path | str | None = None, finished_only: bool = True,
+              unreadable: list[Unreadable] | None = None) -> list[Run]:
+    """Every run folder in the workspace, sorted by encoding dimension then name.
+
+    A folder whose files are damaged raises a `RunError` naming the file, unless `unreadable`
+    is a list: then it is appended there and the other runs are still returned."""
+    root = workspace_root(root)
+    if not root.is_dir():
+        return []
+    try:
+        children = sorted(root.iterdir())
+    except OSError as exc:
+        raise RunError(f"Cannot read the workspace {root}: "
+                       f"{(exc.strerror or str(exc)).lower()}.") from None
+    found = []
+    for child in children:
+        try:
+            if child.name in RESERVED or child.name.startswith(".") or not child.is_dir() \
+                    or not (child / CONFIG).exists() or not (child / MODEL).exists():
+                continue
+            run = open_run(child)
+        except (OSError, RunError) as exc:  # damaged, or a folder that cannot be read
+            error = exc if isinstance(exc, RunError) else RunError(
+                f"Cannot read {child}: {(exc.strerror or str(exc)).lower()}.")
+            if unreadable is None:
+                raise error from None
+            unreadable.append(Unreadable(child.name, str(error)))
+            continue
+        if finished_only and not run.finished:
+            continue
+        found.append(run)
+    return sorted(found, key=lambda r: (r.ed, r.name))
+
+
+def select_runs(
+    root: Path | str | None = None, names: list[str] | None = None,
+    eds: list[int] | None = None, unreadable: list[Unreadable] | None = None,
+) -> list[Run]:
+    """Runs picked by name (`names`) or encoding dimension (`eds`); all finished by default.
+
+    A named run that cannot be read is a `RunError`. Without names, a damaged run is one too,
+    unless `unreadable` is a list: then it is skipped and appended there (`list_runs`)."""
+    root = workspace_root(root)
+    if names:
+        picked = [open_run(run_path(root, n)) for n in names]
+    else:
+        picked = list_runs(root, unreadable=unreadable)
+        if not picked and not unreadable:
+            raise RunError(
+                f"No finished runs in {root}; train one with `aetool fit --ed 4` "
+                "or point --runs / AETOOL_RUNS at your workspace."
+            )
+    if eds:
+        picked = [r for r in picked if r.ed in eds]
+        if not picked and not unreadable:
+            raise RunError(f"No run in {root} has encoding dimension {', '.join(map(str, eds))}.")
+    return picked
