@@ -146,18 +146,109 @@ def test_the_workspace_names_every_file(tmp_path):
         workspace.run_dir("../ed4")
 
 
-def test_the_readme_map_names_every_module():
-    """"How the code is laid out" keeps the map: every module of the package (and every
-    sub-package) has a row or a mention, and every file it names exists."""
+def top_level() -> set[str]:
+    """aetool/'s top-level modules (`name.py`) and packages (`name/`)."""
+    modules = {p.name for p in PACKAGE.glob("*.py")}
+    packages = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    return modules | packages
+
+
+def functions(path: Path):
+    """Every function in a file, with its length in lines from its first statement after the
+    docstring to its end (the signature and the docstring left out)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if (len(body) > 1 and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                body = body[1:]
+            yield node.name, node.end_lineno - body[0].lineno + 1, node.end_lineno - node.lineno + 1
+
+
+def test_at_most_twelve_modules_at_the_top_level():
+    modules = sorted(name for name in top_level() if name.endswith(".py"))
+    assert len(modules) <= 12, modules
+
+
+def test_no_near_synonyms_side_by_side():
+    """No two names at one level where one is the other plus a suffix (`model`/`models`,
+    `search`/`search_study`), nor a module beside a package of the same stem."""
+    for folder in [PACKAGE, *(p.parent for p in PACKAGE.rglob("__init__.py"))]:
+        stems = sorted({p.stem if p.is_file() else p.name for p in folder.iterdir()
+                        if (p.suffix == ".py" and p.stem != "__init__")
+                        or (p / "__init__.py").is_file()})
+        for a in stems:
+            clash = [b for b in stems if b != a and b.startswith(a) and b != "__main__"]
+            assert clash == [], f"{folder.name}/: {a} beside {clash}"
+
+
+def test_every_package_says_what_it_holds():
+    for init in PACKAGE.rglob("__init__.py"):
+        assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
+
+
+def test_the_cycle_check_covers_every_package():
+    graph = import_graph()
+    assert {"aetool.train.fast", "aetool.train.loop", "aetool.plugins.default.course",
+            "aetool.data", "aetool.search.grid", "aetool.report.render"} <= set(graph)
+    assert "aetool.train.fast" in graph["aetool.train.loop"]
+
+
+def test_no_function_over_60_lines_and_no_command_body_over_40():
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        command_file = path.parent.name == "cli"
+        for name, body, whole in functions(path):
+            # A command's signature declares its options: only its body counts.
+            size = body if command_file else whole
+            if size > (40 if command_file else 60):
+                long.append(f"{path.relative_to(PACKAGE)}:{name} ({size})")
+    assert long == []
+
+
+def test_the_readme_tree_names_every_package_and_top_level_module():
+    """"How the code is laid out" is a short tree: one line per top-level module or package of
+    aetool/, each with what it holds; nothing missing, nothing stale."""
     readme = (PACKAGE.parent / "README.md").read_text()
     text = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", text))
-    present = {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py",
-                                                                      "__main__.py")}
-    packages = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    mentioned = named | {package for package in packages
-                         if any(name.startswith(package) for name in named)}
-    assert sorted((present | packages) - mentioned) == [], \
-        "modules the README's map does not mention"
-    for name in sorted(n for n in named if n.endswith(".py")):
-        assert (PACKAGE / name).is_file(), f"the README's map names {name}, which is not there"
+    tree = text.split("```text\naetool/\n", 1)[1].split("```", 1)[0]
+    named = []
+    for line in tree.splitlines():
+        match = re.fullmatch(r"  ([\w]+(?:\.py|/)) +(\S.*)", line)
+        assert match, f"not a tree line (name, then what it holds): {line!r}"
+        named.append(match.group(1))
+    assert len(named) == len(set(named)), "a name appears twice"
+    assert sorted(top_level() - set(named)) == [], "modules the README's tree does not name"
+    assert sorted(set(named) - top_level()) == [], "names in the README's tree that are gone"
+
+
+def test_old_import_paths_still_work_with_a_warning():
+    """One release of grace: an old dotted path imports the very module at its new path."""
+    import importlib
+    import sys
+
+    from aetool.train import loop
+
+    for old in ("aetool.training", "aetool.fast.cpu", "aetool.default_plugins.course"):
+        sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match="aetool.train.loop"):
+        assert importlib.import_module("aetool.training") is loop
+    with pytest.warns(DeprecationWarning, match="aetool.train.fast.cpu"):
+        importlib.import_module("aetool.fast.cpu")
+    with pytest.warns(DeprecationWarning, match="aetool.plugins.default.course"):
+        importlib.import_module("aetool.default_plugins.course")
+    with pytest.warns(DeprecationWarning, match="aetool.search.grid"):
+        from aetool.search import SearchConfig as old
+    assert old is SearchConfig
+
+
+def test_the_public_api_is_importable_from_aetool():
+    import aetool
+
+    assert aetool.fit_run is fit_run and aetool.FitConfig is FitConfig
+    assert aetool.Workspace is runs.Workspace and aetool.SearchConfig is SearchConfig
+    for name in aetool.__all__:
+        assert getattr(aetool, name) is not None, name
+    with pytest.raises(AttributeError):
+        aetool.no_such_name  # noqa: B018
