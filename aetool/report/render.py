@@ -79,7 +79,7 @@ def template_source(name: str) -> str | None:
             return resource.read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
-    fallback = Path(__file__).resolve().parents[1] / "templates" / name
+    fallback = Path(__file__).resolve().parents[2] / "templates" / name
     return fallback.read_text(encoding="utf-8") if fallback.is_file() else None
 
 
