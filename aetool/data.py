@@ -514,6 +514,9 @@ def _checked_labels(y: Any, count: int, classes: tuple[str, ...] | None, source:
         raise DataError(f"{source}: {tuple(t.shape)[0] if t.ndim else 0} {what} for {count} "
                         "images; give one label per image.")
     t = t.long()
+    if classes is not None and not classes:
+        raise DataError(f"{source}: its list of class names is empty; give one name per class, "
+                        "or none.")
     low, high = int(t.min()), int(t.max())
     if low < 0 or (classes is not None and high >= len(classes)):
         limit = f"0-{len(classes) - 1} (it has {len(classes)} classes)" if classes else "0 or more"

@@ -604,8 +604,17 @@ class Run:
         cannot be had here."""
         from aetool.errors import first_line
 
-        advice = "install the plugin that provides it" if what == "model" else \
-            "restore it, or install the plugin that provides it"
+        record = self.config.get("provenance")  # which package provided it, when recorded
+        entry = record.get("model" if what == "model" else "dataset") \
+            if isinstance(record, dict) else None
+        package = entry.get("package") if isinstance(entry, dict) else None
+        if isinstance(package, str) and package != "aetool":
+            version = entry.get("version")
+            advice = f"install {package}{f' {version}' if isinstance(version, str) else ''}, " \
+                "the package it came from"
+        else:
+            advice = "install the plugin that provides it" if what == "model" else \
+                "restore it, or install the plugin that provides it"
         return RunError(f"Run {self.name!r} cannot be loaded: {self.path / CONFIG} names the "
                         f"{what} {value!r}, which is not available here: "
                         f"{first_line(exc).rstrip('.')}; {advice}.")

@@ -53,10 +53,12 @@ from aetool.search_study import (
     SEARCH_DIR,
     GridPoint,
     GridStudy,
+    check_storage,
     hide_password,
-    open_storage,
+    open_storage,  # noqa: F401 (API: tests and callers open the storage from here)
+    open_study,
 )
-from aetool.settings import FitConfig
+from aetool.settings import SEED_MAX, SEED_RULE, FitConfig
 
 DEFAULT_EDS = (4, 8, 16, 32)
 DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
@@ -129,10 +131,16 @@ class SearchConfig:
              f"max_oscillation must be zero or more, got {self.max_oscillation}"),
             ("parallel", self.parallel is None or self.parallel >= 1,
              f"parallel must be at least 1, got {self.parallel}"),
+            ("seed", 0 <= self.seed <= SEED_MAX, f"seed must be {SEED_RULE}, got {self.seed}"),
+            ("model", bool(self.model.strip()),
+             "model must name a model (NAME or NAME:param=value,...), got ''"),
+            ("study_name", self.study_name is None or bool(self.study_name.strip()),
+             "the study_name must not be empty (without one it is derived from the grid)"),
         ]
         for name, ok, message in checks:
             if not ok:
                 raise SettingError(name, message[0].upper() + message[1:] + ".")
+        check_storage(self.storage)
 
     def grid(self) -> list[GridPoint]:
         """Every grid point, ED by ED, in the order of the options."""
@@ -354,7 +362,7 @@ def run_search(
     folds = fold_indices(images.shape[0], config.folds, config.seed)
     protocol = {**config.protocol(), "train_images": int(images.shape[0]),
                 "dataset_sha256": checksum}
-    study = GridStudy(config, open_storage(config.storage, workspace.root), protocol)
+    study = open_study(config, workspace.root, protocol)
     tic = time.perf_counter()
     with study.heartbeat():
         try:
@@ -378,7 +386,8 @@ def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
     for the points other workers are training."""
     from optuna.trial import TrialState
 
-    parallel = config.parallel or auto_parallel(device, config.batch_size)
+    parallel = config.parallel if config.parallel is not None else \
+        auto_parallel(device, config.batch_size)
     total = len(config.grid()) * config.folds
     units = 0.0
 

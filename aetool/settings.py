@@ -16,6 +16,10 @@ from typing import Any
 from aetool.errors import SettingError
 
 SCHEDULES = ("constant", "cosine")
+# Seeds run from 0 to 2**32 - 1 in every command: numpy and scikit-learn (the search's folds,
+# embed's samples and t-SNE) take no others, and one range keeps a study's seed valid for all.
+SEED_MAX = 2**32 - 1
+SEED_RULE = f"a whole number from 0 to {SEED_MAX} (2**32 - 1)"
 
 
 @dataclass
@@ -56,6 +60,10 @@ class FitConfig:
             ("tolerance", 0 <= self.tolerance < math.inf, "be zero or more"),
             ("warmup_epochs", self.warmup_epochs >= 0, "be zero or more"),
             ("val_size", self.val_size >= 1, "be at least 1"),
+            ("seed", 0 <= self.seed <= SEED_MAX, f"be {SEED_RULE}"),
+            ("model", bool(self.model.strip()), "name a model (NAME or NAME:param=value,...)"),
+            ("noise", self.noise is None or bool(self.noise.strip()),
+             "name a noise (NAME or NAME:param=value,...), or be null for none"),
             ("schedule", self.schedule in SCHEDULES, f"be one of {', '.join(SCHEDULES)}"),
             ("time_budget", self.time_budget is None
              or (self.time_budget > 0 and math.isfinite(self.time_budget)), "be positive"),
@@ -90,7 +98,8 @@ def _check_type(name: str, value: Any, expected: Any) -> None:
             return
         if kind is not float and kind is not type(None) and type(value) is kind:
             return
-    words = {int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    words = {int: "a whole number", float: "a number", str: "a string", type(None): "null",
+             bool: "true or false"}
     wanted = " or ".join(words[k] for k in allowed)
     raise SettingError(name, f"{name} must be {wanted}, got {value!r}.")
 

@@ -453,34 +453,42 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
         from aetool.search import best_setting  # optuna loads only when needed
 
         model = parse_model_spec(overrides.get("model")).spec
-        best = best_setting(runs_root, overrides.get("ed") or FitConfig.ed, model)
+        ed = overrides.get("ed")  # None: the default; 0 is a (bad) value, not "not given"
+        best = best_setting(runs_root, FitConfig.ed if ed is None else ed, model)
         chosen = {k: v for k, v in overrides.items() if v is not None}
         overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen}
     config = preset_config(preset, **overrides)
     return replace(config, model=parse_model_spec(config.model).spec)
 
 
-def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig,
-                     weights: bool = True) -> None:
-    """Refuse to resume with settings other than the saved state's, or (`weights`) when the
-    best weights saved so far do not fit the model."""
+def _saved_settings(run_dir: Path, state: dict[str, Any]) -> FitConfig:
     try:
-        saved = FitConfig.from_dict(state.get("config", {}))
+        return FitConfig.from_dict(state.get("config", {}))
     except SettingError as exc:
         raise RunError(f"{run_dir / runs.STATE} holds bad settings: {exc}") from None
-    if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
-        raise RunError(
-            f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
-            f"decays over the {saved.max_epochs} epochs it was started with; resume without "
-            "a new max_epochs."
-        )
+
+
+def _check_same_settings(run_dir: Path, saved: FitConfig, config: FitConfig) -> None:
     differ = settings_differ(saved, config)
     if differ:
         raise RunError(
             f"Cannot resume {run_dir}: its settings differ in {', '.join(differ)}; "
             "resume with the same settings (or none: they are read from the run)."
         )
-    if weights and (run_dir / runs.MODEL).exists():  # the best so far, read again at the end
+
+
+def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
+    """Refuse to resume with settings other than the saved state's, or when the best weights
+    saved so far do not fit the model."""
+    saved = _saved_settings(run_dir, state)
+    if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
+        raise RunError(
+            f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
+            f"decays over the {saved.max_epochs} epochs it was started with; resume without "
+            "a new max_epochs."
+        )
+    _check_same_settings(run_dir, saved, config)
+    if (run_dir / runs.MODEL).exists():  # the best weights so far, read again at the end
         from aetool.models import load_weights
 
         load_weights(config.model, config.ed, run_dir / runs.MODEL)
@@ -500,7 +508,7 @@ def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
     if (run_dir / runs.STATE).is_file():  # a damaged config.json is found before any work
         state = runs.load_torch(run_dir / runs.STATE)
         if isinstance(state, dict):
-            _check_resumable(run_dir, state, config, weights=False)
+            _check_same_settings(run_dir, _saved_settings(run_dir, state), config)
     run = runs.Run(run_dir, asdict(config))
     if overrides.get("model") is None:
         try:

@@ -11,18 +11,20 @@ from rich.table import Table
 
 from aetool import runs
 from aetool.budget import MAX_EPOCHS, duration_text
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
     one_of,
     preset_choice,
     print_json,
+    seed_range,
     stderr,
     warn,
 )
@@ -55,10 +57,12 @@ def _schedule(value: str | None) -> str | None:
     return value
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool fit --ed 4 --time 10m",
+    "aetool fit --ed 4 --noise gaussian:sigma=0.3 --name ed4-denoise"))
 @handle_errors
 def fit(
-    ed: Annotated[int, typer.Option(help="Encoding dimension.")] = 4,
+    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
     preset: Annotated[
         str,
         typer.Option(help=f"Starting settings: {', '.join(PRESETS)}. best: aetool's recipe; "
@@ -72,7 +76,7 @@ def fit(
         int | None, typer.Option(help="Batch size.")
     ] = None,
     max_epochs: Annotated[
-        int | None, typer.Option(help="Most epochs to train.")
+        int | None, typer.Option(help="Most epochs to train.", callback=at_least(1))
     ] = None,
     time: Annotated[
         str | None,
@@ -99,7 +103,8 @@ def fit(
     val_size: Annotated[
         int, typer.Option(help="Training images held out for validation.")
     ] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.",
+                                    callback=seed_range)] = 0,
     noise: Annotated[
         str | None,
         typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3.",
@@ -163,7 +168,7 @@ def fit(
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
             weight_decay=weight_decay, batch_size=batch_size,
-            max_epochs=max_epochs or (MAX_EPOCHS if time is not None else None),
+            max_epochs=max_epochs if max_epochs is not None or time is None else MAX_EPOCHS,
             time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
             val_size=val_size, resize=resize, model=model,

@@ -12,8 +12,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool import runs
-from aetool.cli.app import app
+from aetool import runs, search_workers
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
@@ -21,10 +21,10 @@ from aetool.cli.common import (
     JsonOption,
     ResizeOption,
     RunsOption,
-    at_least,
     download_progress,
     handle_errors,
     print_json,
+    seed_range,
     stderr,
     warn,
 )
@@ -46,6 +46,7 @@ from aetool.search import (
     results_path,
     run_search,
 )
+from aetool.search_workers import follow_parent, worker_limit
 
 _DEFAULTS = SearchConfig()
 
@@ -56,26 +57,38 @@ def _parallel(value: str) -> str:
     return value
 
 
+def _workers(value: int) -> int:
+    """At least 1, and no more than this machine can run (exit 2 naming the limit)."""
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    limit, why = worker_limit()
+    if value > limit:
+        raise typer.BadParameter(f"must be at most {limit} on this machine ({why}), got {value}")
+    return value
+
+
 def _show(values: tuple) -> str:
     return " ".join(f"{v:g}" for v in values)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool search --ed 4 --lr 1e-2 --lr 1e-3 --weight-decay 1e-5 --epochs 10",
+    "aetool search --storage sqlite:///search.db --workers 2"))
 @handle_errors
 def search(
     ed: Annotated[
         list[int] | None,
-        typer.Option("--ed", help="Encoding dimension (repeat for several).",
+        typer.Option("--ed", metavar="ED", help="Encoding dimension; repeatable.",
                      show_default=_show(DEFAULT_EDS)),
     ] = None,
     lr: Annotated[
         list[float] | None,
-        typer.Option("--lr", help="Learning rate (repeat for several).",
+        typer.Option("--lr", metavar="LR", help="Learning rate; repeatable.",
                      show_default=_show(DEFAULT_LRS)),
     ] = None,
     weight_decay: Annotated[
         list[float] | None,
-        typer.Option("--weight-decay", help="Adam weight decay (repeat for several).",
+        typer.Option("--weight-decay", metavar="WD", help="Adam weight decay; repeatable.",
                      show_default=_show(DEFAULT_WEIGHT_DECAYS)),
     ] = None,
     folds: Annotated[
@@ -87,7 +100,8 @@ def search(
     batch_size: Annotated[
         int, typer.Option(help="Batch size (fit's default, so the choice suits fit).")
     ] = _DEFAULTS.batch_size,
-    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.",
+                                    callback=seed_range)] = 0,
     max_loss: Annotated[
         float, typer.Option(help="Drop settings whose final val loss on any fold is above.")
     ] = _DEFAULTS.max_loss,
@@ -116,8 +130,9 @@ def search(
     ] = None,
     workers: Annotated[
         int, typer.Option(help="Worker processes on this machine, on the same study, sharing "
-                          "the cores: each gets cores/N threads unless --threads says.",
-                          callback=at_least(1))
+                          "the cores: each gets cores/N threads unless --threads says; at most "
+                          "what the machine holds (cores, and 1 GiB of memory each).",
+                          callback=_workers)
     ] = 1,
     device: DeviceOption = "auto",
     model: ModelOption = "course",
@@ -130,8 +145,10 @@ def search(
     log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Grid-search lr and weight decay per ED with k-fold cross-validation; resumable, and
-    several workers sharing --storage split the grid."""
+    """Grid-search lr and weight decay per ED with k-fold cross-validation.
+
+    Resumable, and several workers sharing --storage split the grid."""
+    follow_parent()  # a worker that `--workers` started ends with the search that started it
     config = SearchConfig(
         eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
         weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
@@ -199,10 +216,9 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
 
 def start_workers(config: SearchConfig, root: Path, data_dir: Path | None, count: int,
                   threads: int | None) -> list[subprocess.Popen]:
-    """Start `count` more worker processes on the same study (quiet; errors on stderr)."""
-    command = worker_command(config, root, data_dir, threads)
-    return [subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            for _ in range(count)]
+    """Start `count` more worker processes on the same study (quiet; errors on stderr); each
+    ends when this process ends, even if it is killed (`aetool.search_workers`)."""
+    return search_workers.start_workers(worker_command(config, root, data_dir, threads), count)
 
 
 def stop_workers(helpers: list[subprocess.Popen]) -> None:
