@@ -48,6 +48,7 @@ from aetool.batched import Curves, TrainJob, train_models
 from aetool.data import ProgressFn, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
 from aetool.errors import AetoolError, RunError, SettingError
+from aetool.fast.precision import PRECISIONS, resolve_precision
 from aetool.models import parse_model_spec
 from aetool.search_study import (
     SEARCH_DIR,
@@ -96,11 +97,12 @@ class SearchConfig:
     dataset: str = "mnist"
     resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
     limit: int | None = None  # use only the first N training images (tests, demos)
-    val_size: int = 10_000  # fit's validation images, left out of the search
+    val_size: int | None = None  # fit's validation images (None: fit's default), left out
     model: str = "course"  # the architecture every grid point trains (`aetool models`)
     max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
     max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
     device: str = "auto"
+    precision: str = "32"  # training precision (aetool.fast.precision); decides results too
     parallel: int | None = None  # models trained together; None: sized for the device
     storage: str | None = None  # any Optuna storage URL or a journal file; None: the workspace's
     study_name: str | None = None  # None: derived from the settings above
@@ -134,6 +136,8 @@ class SearchConfig:
             ("seed", 0 <= self.seed <= SEED_MAX, f"seed must be {SEED_RULE}, got {self.seed}"),
             ("model", bool(self.model.strip()),
              "model must name a model (NAME or NAME:param=value,...), got ''"),
+            ("precision", self.precision in PRECISIONS,
+             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
             ("study_name", self.study_name is None or bool(self.study_name.strip()),
              "the study_name must not be empty (without one it is derived from the grid)"),
         ]
@@ -155,11 +159,15 @@ class SearchConfig:
         """What decides the results: two searches with the same protocol share a study."""
         protocol = {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
                     "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
-                    "limit": self.limit, "val_size": self.val_size}
+                    "limit": self.limit,
+                    # the default (None) keeps the name studies made with 10,000 had
+                    "val_size": 10_000 if self.val_size is None else self.val_size}
         if self.resize:  # studies without it keep the names they had
             protocol["resize"] = True
         if self.model != "course":  # studies of the course model keep the names they had
             protocol["model"] = self.model
+        if self.precision != "32":  # float32 studies keep the names they had
+            protocol["precision"] = self.precision
         return protocol
 
     def default_study_name(self) -> str:
@@ -174,7 +182,7 @@ class SearchConfig:
             batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
             device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
             preset="search",
-            model=self.model,
+            model=self.model, precision=self.precision,
         )
 
 
@@ -358,6 +366,7 @@ def run_search(
     config = replace(config, model=spec.spec)
     workspace = runs.Workspace(runs_root)
     device = resolve_device(config.device)
+    config = replace(config, precision=resolve_precision(config.precision, device))
     images, checksum = search_images(config, data_dir, device, data_progress)
     folds = fold_indices(images.shape[0], config.folds, config.seed)
     protocol = {**config.protocol(), "train_images": int(images.shape[0]),
@@ -467,7 +476,8 @@ def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, An
         "seed": config.seed, "dataset": config.dataset, "val_size": config.val_size,
         "limit": config.limit, "train_images": protocol["train_images"],
         "max_loss": config.max_loss, "max_oscillation": config.max_oscillation,
-        "model": config.model, "oscillation": OSCILLATION_DEFINITION,
+        "model": config.model, "precision": config.precision,
+        "oscillation": OSCILLATION_DEFINITION,
         "std": "population standard deviation over the folds",
     }
     return {

@@ -38,7 +38,7 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import check_model_option
 from aetool.cli.noises import check_noise_option
-from aetool.fast import MODES
+from aetool.fast import MODES, PRECISIONS
 from aetool.training import (
     DEFAULT_PRESET,
     PRESETS,
@@ -49,6 +49,15 @@ from aetool.training import (
     resume_config,
     run_config,
 )
+
+PRECISION_HELP = ("Training precision: 32, bf16-mixed (autocast to bfloat16), 16-mixed (CUDA "
+                  "only), or auto (32 until bf16-mixed's accuracy check holds). Evaluation "
+                  "is always float32.")
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option("--precision", help=PRECISION_HELP, show_default="32",
+                 callback=one_of(PRECISIONS, "precision")),
+]
 
 
 def _schedule(value: str | None) -> str | None:
@@ -101,8 +110,9 @@ def fit(
         typer.Option(help="Linear learning-rate warm-up over the first N epochs."),
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.")
-    ] = 10_000,
+        int | None, typer.Option(help="Training images held out for validation.",
+                                 show_default="10000, or a sixth of a smaller data set")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.",
                                     callback=seed_range)] = 0,
     noise: Annotated[
@@ -136,6 +146,7 @@ def fit(
                            "for debugging.")
     ] = False,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="The architecture: NAME or NAME:param=value,... (see "
@@ -163,7 +174,8 @@ def fit(
         raise typer.BadParameter("a resumed run keeps the length its --time chose",
                                  param_hint="--time")
     if resume:
-        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model)
+        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model,
+                               precision=precision)
     else:
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
@@ -171,7 +183,7 @@ def fit(
             max_epochs=max_epochs if max_epochs is not None or time is None else MAX_EPOCHS,
             time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
-            val_size=val_size, resize=resize, model=model,
+            val_size=val_size, resize=resize, model=model, precision=precision,
         )
     existing = "resume" if resume else "replace" if force else "refuse"
     with Progress(quiet=quiet, interval=log_every) as progress:
@@ -247,7 +259,8 @@ def summary_table(result: FitResult) -> Table:
         ("best validation MSE", f"{result.best_val_loss:.6f}"),
         ("test MSE", f"{result.test_mse:.6f}"),
         ("training time", f"{result.seconds:.1f} s ({result.device}, "
-                          f"{result.metrics['environment']['train_mode']})"),
+                          f"{result.metrics['environment']['train_mode']}, "
+                          f"{result.config.precision})"),
         ("lr / weight decay", f"{result.config.lr:g} / {result.config.weight_decay:g}"),
     ]
     if result.config.time_budget is not None:

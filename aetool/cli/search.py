@@ -28,6 +28,7 @@ from aetool.cli.common import (
     stderr,
     warn,
 )
+from aetool.cli.fit import PrecisionOption
 from aetool.cli.longrun import (
     LogEveryOption,
     Progress,
@@ -38,6 +39,7 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.devices import resolve_device
+from aetool.fast.precision import resolve_precision
 from aetool.search import (
     DEFAULT_EDS,
     DEFAULT_LRS,
@@ -123,7 +125,8 @@ def search(
         str | None, typer.Option(help="Optuna study name.", show_default="derived from the grid")
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="fit's validation images, kept out of the search.")
+        int | None, typer.Option(help="fit's validation images, kept out of the search.",
+                                 show_default="10000, or a sixth of a smaller data set")
     ] = _DEFAULTS.val_size,
     limit: Annotated[
         int | None, typer.Option(hidden=True, help="Use only the first N training images.")
@@ -135,6 +138,7 @@ def search(
                           callback=_workers)
     ] = 1,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
@@ -155,12 +159,12 @@ def search(
         folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
         resize=resize,
         limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
-        model=model,
+        model=model, precision=precision or "32",
         device=device, parallel=None if parallel == "auto" else int(parallel),
         storage=storage, study_name=study_name,
     )
     config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
-    resolve_device(device)
+    resolve_precision(config.precision, resolve_device(device))
     if workers > 1 and threads is None:
         threads = max(1, cpu_cores() // workers)
     use_threads(threads)
@@ -207,7 +211,7 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
         ("--parallel", config.parallel), ("--storage", config.storage),
         ("--study-name", config.study_name), ("--device", config.device),
         ("--dataset", config.dataset), ("--data-dir", data_dir), ("--threads", threads),
-        ("--model", config.model),
+        ("--model", config.model), ("--precision", config.precision),
     ):
         if value is not None:
             args += [option, str(value) if not isinstance(value, float) else repr(value)]

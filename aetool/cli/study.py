@@ -24,6 +24,7 @@ from aetool.cli.common import (
     seed_range,
     stderr,
 )
+from aetool.cli.fit import PrecisionOption
 from aetool.cli.longrun import (
     LogEveryOption,
     Progress,
@@ -98,9 +99,11 @@ def study(
     seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.",
                                     callback=seed_range)] = 0,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.")
-    ] = 10_000,
+        int | None, typer.Option(help="Training images held out for validation.",
+                                 show_default="10000, or a sixth of a smaller data set")
+    ] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
@@ -128,7 +131,7 @@ def study(
         noises=noise, time_budget=time,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         resize=resize,
-        val_size=val_size, skip_search=skip_search, model=model,
+        val_size=val_size, skip_search=skip_search, model=model, precision=precision or "32",
     )
     use_threads(threads)
     with Progress(quiet=quiet, interval=log_every) as progress:
