@@ -30,7 +30,7 @@ from aetool.data import (
 )
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
-from aetool.fast import make_train_epoch, resolve_mode
+from aetool.fast import make_train_epoch, resolve_mode, resolve_precision
 from aetool.models import build_model, count_parameters, parse_model_spec
 from aetool.settings import (  # noqa: F401 (re-exported: settings used to live here)
     DEFAULT_PRESET,
@@ -97,8 +97,9 @@ def _resolve_noise(spec: str | None) -> NoiseFn | None:
     return build_noise(spec)
 
 
-def _environment(device: torch.device, train_mode: str) -> dict[str, Any]:
+def _environment(device: torch.device, train_mode: str, precision: str) -> dict[str, Any]:
     return {
+        "precision": precision,  # the training's (evaluation is always float32)
         "aetool": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -209,6 +210,12 @@ def provenance(config: FitConfig) -> dict[str, Any]:
     return record
 
 
+def _with_resolved_precision(config: FitConfig, device: torch.device) -> FitConfig:
+    """The settings with `auto` precision made concrete (config.json records what ran);
+    `SettingError` for a precision the device cannot run (16-mixed off CUDA)."""
+    return replace(config, precision=resolve_precision(config.precision, device))
+
+
 def _with_resolved_dataset(config: FitConfig) -> FitConfig:
     """The settings with the data set as a registered name or an absolute path (what
     config.json records), after checking it exists and that `resize` suits it."""
@@ -238,7 +245,7 @@ def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, nois
                 device: torch.device, mode: str, on_epoch: EpochCallback | None) -> bool:
     """Train from where `t` stands to the end or an early stop; returns whether it stopped
     early. Each finished epoch goes to `writer` before `on_epoch` hears of it."""
-    run_epoch = make_train_epoch(t.model, t.optimizer, device, mode)
+    run_epoch = make_train_epoch(t.model, t.optimizer, device, mode, config.precision)
     t.mode = run_epoch.mode
     stopped_early = should_stop([r.val_loss for r in t.history], config.patience, config.tolerance)
     for epoch in range(len(t.history), config.max_epochs):
@@ -279,7 +286,7 @@ def _plan_time_budget(config: FitConfig, split: Split, device: torch.device, mod
     """The settings with `max_epochs` chosen so the whole run fits `config.time_budget`
     (`aetool.budget`), timed on a throwaway model before the run's own model exists."""
     probe = _start(replace(config, seed=config.seed + 1), device)
-    run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode)
+    run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode, config.precision)
     images = split.train.shape[0]
     batch = min(config.batch_size, images)
 
@@ -336,7 +343,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "test_images": int(split.test.shape[0]),
         "dataset_sha256": checksum,
         "parameters": count_parameters(t.model),
-        "environment": _environment(device, t.mode),
+        "environment": _environment(device, t.mode, config.precision),
         "provenance": provenance(config),
         "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
@@ -374,6 +381,7 @@ def fit(
     config = _with_checked_model(config)
     device = resolve_device(config.device)
     mode = resolve_mode(mode, device)
+    config = _with_resolved_precision(config, device)
     noise = noise if noise is not None else _resolve_noise(config.noise)
     if split is None:
         config = _with_resolved_dataset(config)
@@ -469,6 +477,11 @@ def _saved_settings(run_dir: Path, state: dict[str, Any]) -> FitConfig:
 
 
 def _check_same_settings(run_dir: Path, saved: FitConfig, config: FitConfig) -> None:
+    if saved.precision != config.precision:
+        raise RunError(
+            f"Cannot resume {run_dir} in precision {config.precision}: it was trained in "
+            f"{saved.precision}; resume in that precision (or without --precision)."
+        )
     differ = settings_differ(saved, config)
     if differ:
         raise RunError(
