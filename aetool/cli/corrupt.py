@@ -148,7 +148,8 @@ def side_by_side(records: list[dict[str, Any]]) -> Table:
     table = Table(title="aetool corrupt: MSE(reconstruction of corrupted, clean)")
     table.add_column("noise", style="bold")
     for record in records:
-        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}", justify="right")
+        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}\n"
+                         f"{escape(str(record.get('model', 'course')))}", justify="right")
     for i, row in enumerate(records[0]["rows"] if records else []):
         table.add_row(escape(row["label"]),
                       *(f"{record['rows'][i]['mse']:.6f}" for record in records))

@@ -254,6 +254,7 @@ def summary_table(result: FitResult) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
+        ("model", escape(result.config.model)),
         ("epochs", f"{len(result.history)}" + (" (stopped early)" if result.stopped_early else "")),
         ("best epoch", str(result.best_epoch)),
         ("best validation MSE", f"{result.best_val_loss:.6f}"),

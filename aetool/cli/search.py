@@ -189,7 +189,7 @@ def search(
         print_json(results)
     else:
         for ed_key, entry in results["eds"].items():
-            stderr.print(results_table(int(ed_key), entry))
+            stderr.print(results_table(int(ed_key), entry, config.model))
         stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
                      f"[bold]{escape(results['study']['name'])}[/] in "
                      f"{escape(str(results['study']['storage']))}")
@@ -241,11 +241,11 @@ def _fmt(value: float | None, spec: str = ".5f") -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def results_table(ed: int, entry: dict[str, Any]) -> Table:
-    """Every setting of one ED: final validation loss over the folds (mean ± std), final
-    training loss, their gap, the oscillation, and kept, dropped (why) or best."""
+def results_table(ed: int, entry: dict[str, Any], model: str = "course") -> Table:
+    """Every setting of one ED of `model`: final validation loss over the folds (mean ± std),
+    final training loss, their gap, the oscillation, and kept, dropped (why) or best."""
     best = entry.get("best")
-    title = f"ED {ed}: " + (
+    title = f"{escape(model)}, ED {ed}: " + (
         f"best lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
         f"(val {best['val_mean']:.5f} ± {best['val_std']:.5f})" if best
         else "no setting passed the selection rule"
