@@ -285,7 +285,7 @@ def corrupt_models(
         record = corrupt_and_save(target.model, data.test_images, noises, target.folder,
                                   target.name, target.ed, seed=seed, batch_size=batch_size,
                                   examples=examples, on_row=on_row)
-        records.append({**record, "folder": target.folder, "model": target.spec})
+        records.append({**record, "folder": target.folder})
     return records
 
 

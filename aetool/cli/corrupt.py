@@ -132,7 +132,7 @@ def corrupt(
         finish(skipped)
         return
     if records:
-        stderr.print(side_by_side(records))
+        stderr.print(side_by_side(records, {t.name: t.spec for t in targets}))
     for record in records:
         if record["folder"] is not None:
             stderr.print(f"Saved noise_table.json"
@@ -143,13 +143,15 @@ def corrupt(
     finish(skipped)
 
 
-def side_by_side(records: list[dict[str, Any]]) -> Table:
-    """Rows = noises, one MSE column per model, as in the report's Table 1."""
+def side_by_side(records: list[dict[str, Any]], specs: dict[str, str] | None = None) -> Table:
+    """Rows = noises, one MSE column per model (headed by its ED, name and `specs[name]`, the
+    model), as in the report's Table 1."""
     table = Table(title="aetool corrupt: MSE(reconstruction of corrupted, clean)")
     table.add_column("noise", style="bold")
     for record in records:
-        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}\n"
-                         f"{escape(str(record.get('model', 'course')))}", justify="right")
+        spec = (specs or {}).get(record["run"])
+        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}"
+                         + (f"\n{escape(spec)}" if spec else ""), justify="right")
     for i, row in enumerate(records[0]["rows"] if records else []):
         table.add_row(escape(row["label"]),
                       *(f"{record['rows'][i]['mse']:.6f}" for record in records))
