@@ -14,8 +14,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from aetool.errors import SettingError
+from aetool.train.fast.precision import DEFAULT_PRECISION, PRECISIONS
 
 SCHEDULES = ("constant", "cosine")
+# Seeds run from 0 to 2**32 - 1 in every command: numpy and scikit-learn (the search's folds,
+# embed's samples and t-SNE) take no others, and one range keeps a study's seed valid for all.
+SEED_MAX = 2**32 - 1
+SEED_RULE = f"a whole number from 0 to {SEED_MAX} (2**32 - 1)"
 
 
 @dataclass
@@ -31,7 +36,7 @@ class FitConfig:
     warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs
     patience: int = 100  # early-stopping window in epochs; 0 turns early stopping off
     tolerance: float = 1e-4  # stop once val loss moved less than this over the window
-    val_size: int = 10_000  # images carved out of the training split for validation
+    val_size: int | None = None  # validation images; None: 10,000 or a sixth of fewer images
     split_seed: int = 0  # seed of the train/validation split
     seed: int = 0  # seed of initialisation, shuffling and noise
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -41,6 +46,7 @@ class FitConfig:
     noise: str | None = None  # train a denoising autoencoder on this noise (NAME:param=value)
     preset: str = "report"  # the preset the other values started from
     time_budget: float | None = None  # seconds (--time): max_epochs was chosen to fit them
+    precision: str = DEFAULT_PRECISION  # 32 | bf16-mixed | 16-mixed (CUDA) | auto (a run: resolved)
 
     def validate(self) -> None:
         """Check every value's type and range; a `SettingError` names the first bad field."""
@@ -55,8 +61,13 @@ class FitConfig:
             ("patience", self.patience >= 0, "be zero or more"),
             ("tolerance", 0 <= self.tolerance < math.inf, "be zero or more"),
             ("warmup_epochs", self.warmup_epochs >= 0, "be zero or more"),
-            ("val_size", self.val_size >= 1, "be at least 1"),
+            ("val_size", self.val_size is None or self.val_size >= 1, "be at least 1"),
+            ("seed", 0 <= self.seed <= SEED_MAX, f"be {SEED_RULE}"),
+            ("model", bool(self.model.strip()), "name a model (NAME or NAME:param=value,...)"),
+            ("noise", self.noise is None or bool(self.noise.strip()),
+             "name a noise (NAME or NAME:param=value,...), or be null for none"),
             ("schedule", self.schedule in SCHEDULES, f"be one of {', '.join(SCHEDULES)}"),
+            ("precision", self.precision in PRECISIONS, f"be one of {', '.join(PRECISIONS)}"),
             ("time_budget", self.time_budget is None
              or (self.time_budget > 0 and math.isfinite(self.time_budget)), "be positive"),
         ]
@@ -90,7 +101,8 @@ def _check_type(name: str, value: Any, expected: Any) -> None:
             return
         if kind is not float and kind is not type(None) and type(value) is kind:
             return
-    words = {int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+    words = {int: "a whole number", float: "a number", str: "a string", type(None): "null",
+             bool: "true or false"}
     wanted = " or ".join(words[k] for k in allowed)
     raise SettingError(name, f"{name} must be {wanted}, got {value!r}.")
 

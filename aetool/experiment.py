@@ -44,12 +44,13 @@ class StudySettings:
     device: str = "auto"
     dataset: str = "mnist"
     resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
-    val_size: int = 10_000
+    val_size: int | None = None  # None: 10,000, or a sixth of a smaller data set
     time_budget: float | None = None  # seconds for the whole study (--time); see split_time
     fit_seconds: float | None = None  # each new fit's time budget, set by run_study
     search_limit: int | None = None  # use only the first N training images in the search
     skip_search: bool = False  # fit with the preset's lr and wd instead of searching
     model: str = "course"  # the architecture of the search and of every fit (`aetool models`)
+    precision: str = "32"  # of the search and the fits (aetool.train.fast.precision)
 
     def validate(self) -> None:
         """Check the options of every stage before the first one starts (`SettingError`)."""
@@ -58,6 +59,7 @@ class StudySettings:
         from aetool.evaluate.embed import check_methods
         from aetool.models import parse_model_spec
         from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
+        from aetool.train.fast.precision import resolve_precision
 
         if not self.eds:
             raise SettingError("eds", "The study needs at least one encoding dimension.")
@@ -65,12 +67,13 @@ class StudySettings:
             raise SettingError("time_budget", "time_budget must be positive.")
         for ed in self.eds:  # the fit stage's settings, for every ED
             preset_config(self.preset, ed=ed, max_epochs=self.max_epochs, seed=self.seed,
-                          device=self.device, dataset=self.dataset, val_size=self.val_size)
+                          device=self.device, dataset=self.dataset, val_size=self.val_size,
+                          precision=self.precision)
             parse_model_spec(self.model).build(ed)  # the model keeps its contract at this ED
         if not self.skip_search:
             self.search_config().validate()
         check_dataset(self.dataset, self.resize)
-        resolve_device(self.device)
+        resolve_precision(self.precision, resolve_device(self.device))
         try:
             parse_noise_specs(self.noises or list(DEFAULT_NOISE_SPECS))
         except AetoolError as exc:
@@ -87,7 +90,7 @@ class StudySettings:
             eds=self.eds, lrs=self.lrs, weight_decays=self.weight_decays, folds=self.folds,
             epochs=self.search_epochs, seed=self.seed, dataset=self.dataset, resize=self.resize,
             val_size=self.val_size, limit=self.search_limit, device=self.device,
-            max_loss=self.max_loss, model=self.model,
+            max_loss=self.max_loss, model=self.model, precision=self.precision,
         )
 
 
@@ -157,7 +160,7 @@ def _new_config(settings: StudySettings, root: Path, ed: int) -> FitConfig:
         max_epochs=settings.max_epochs or (MAX_EPOCHS if settings.fit_seconds else None),
         time_budget=settings.fit_seconds, seed=settings.seed, device=settings.device,
         dataset=settings.dataset, resize=settings.resize,
-        val_size=settings.val_size, model=settings.model,
+        val_size=settings.val_size, model=settings.model, precision=settings.precision,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from aetool import plugins
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, first_line
 from aetool.plugins.params import (  # noqa: F401 (API)
     PARAM_TYPES,
     Param,
@@ -65,13 +66,27 @@ class Noise(WithParams):
         return self.checked(values)
 
     def checked(self, values: dict[str, Any]) -> ConfiguredNoise:
-        """This noise with all its parameter `values`, after its own `validate` passed."""
+        """This noise with all its parameter `values`, after its own `validate` passed and
+        a probe batch showed that the values make images a model can be trained on."""
         if self.validate is not None:
             try:
                 self.validate(**values)
             except (ValueError, AetoolError) as exc:
                 raise AetoolError(f"Noise {self.name!r}: {str(exc).rstrip('.')}.") from None
-        return ConfiguredNoise(self, values)
+        configured = ConfiguredNoise(self, values)
+        configured.check_values()
+        return configured
+
+
+class NoisePluginError(AetoolError):
+    """A noise's `apply` raised, or returned something other than a batch of the shape it was
+    given: the plugin that registered it is broken (named in the message)."""
+
+
+# Noisy images whose squares overflow float32 make every loss infinite: a noise whose values
+# reach this far is refused with its parameters (`gaussian:sigma=1e30`), not trained on.
+LARGEST_VALUE = math.sqrt(torch.finfo(torch.float32).max)
+_PROBE_SHAPE = (2, 1, 28, 28)
 
 
 @dataclass
@@ -101,7 +116,46 @@ class ConfiguredNoise:
         return spec_of(self.name, self.params)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.noise.apply(x, generator, **self.params)
+        """The corrupted batch; a `NoisePluginError` naming the plugin when `apply` raises or
+        returns anything but a tensor of x's shape."""
+        try:
+            out = self.noise.apply(x, generator, **self.params)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's bug becomes one sentence
+            raise NoisePluginError(f"The {self._origin()} failed on a batch of shape "
+                                   f"{tuple(x.shape)}: {type(exc).__name__}: "
+                                   f"{first_line(exc).rstrip('.')}.") from None
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else \
+                f"a {type(out).__name__}"
+            raise NoisePluginError(f"The {self._origin()} returned {got} for a batch of shape "
+                                   f"{tuple(x.shape)}; a noise returns a batch of the shape it "
+                                   "gets.")
+        return out
+
+    def _origin(self) -> str:
+        plugin = f" (aetool plugin {self.noise.plugin})" if self.noise.plugin else ""
+        return f"noise {self.name!r}{plugin}"
+
+    def check_values(self) -> None:
+        """Refuse parameter values that make images no model can be trained on: infinite or
+        NaN values, or values whose squares overflow (an AetoolError naming the spec), seen
+        on a small probe batch. A noise that fails on the probe is left to fail, naming its
+        plugin, where it is used (`aetool noises check` reports it)."""
+        x = torch.rand(_PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+        try:
+            out = self(x, torch.Generator().manual_seed(0)).detach().float()
+        except NoisePluginError:
+            return
+        if not bool(torch.isfinite(out).all()):
+            raise AetoolError(f"Noise {self.spec} makes images with infinite or NaN values; "
+                              "choose smaller parameter values.")
+        largest = float(out.abs().max()) if out.numel() else 0.0
+        if largest > LARGEST_VALUE:
+            raise AetoolError(f"Noise {self.spec} makes images with values too large to train "
+                              f"on (up to {largest:.3g}; at most {LARGEST_VALUE:.3g} keeps their "
+                              "squared errors finite); choose smaller parameter values.")
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "noise": self.name, "params": dict(self.params)}

@@ -584,9 +584,28 @@ class Run:
         from aetool.models import load_weights
 
         try:
-            return load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+            module = load_weights(self.settings.model, self.ed, self.path / MODEL, device)
         except SettingError as exc:
             raise self.unavailable("model", self.settings.model, exc) from None
+        self._warn_if_changed("model", self.settings.model)
+        return module
+
+    def _warn_if_changed(self, what: str, value: str) -> None:
+        """A warning when the package that provides the run's model now has another version
+        than the one config.json records (the run still loads)."""
+        from aetool import plugins
+        from aetool.models import parse_model_spec
+
+        record = self.config.get("provenance")
+        entry = record.get(what) if isinstance(record, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
+            return
+        now = plugins.provided_by(parse_model_spec(value).model.plugin)
+        if now.get("package") == entry.get("package") and now.get("version") != entry["version"]:
+            warnings.warn(f"Run {self.name!r} was trained with {entry['package']} "
+                          f"{entry['version']}; {now['package']} {now['version']} provides its "
+                          f"{what} {value!r} here, and its results may differ.", RunWarning,
+                          stacklevel=3)
 
     def dataset(self) -> tuple[str, bool]:
         """The data set the run was trained on and its `resize`, after checking it is there (a
@@ -604,8 +623,17 @@ class Run:
         cannot be had here."""
         from aetool.errors import first_line
 
-        advice = "install the plugin that provides it" if what == "model" else \
-            "restore it, or install the plugin that provides it"
+        record = self.config.get("provenance")  # which package provided it, when recorded
+        entry = record.get("model" if what == "model" else "dataset") \
+            if isinstance(record, dict) else None
+        package = entry.get("package") if isinstance(entry, dict) else None
+        if isinstance(package, str) and package != "aetool":
+            version = entry.get("version")
+            advice = f"install {package}{f' {version}' if isinstance(version, str) else ''}, " \
+                "the package it came from"
+        else:
+            advice = "install the plugin that provides it" if what == "model" else \
+                "restore it, or install the plugin that provides it"
         return RunError(f"Run {self.name!r} cannot be loaded: {self.path / CONFIG} names the "
                         f"{what} {value!r}, which is not available here: "
                         f"{first_line(exc).rstrip('.')}; {advice}.")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS_DIR, save_result  # noqa: E402
+from record import RESULTS_DIR, add_busy_option, check_idle, save_result  # noqa: E402
 
 from aetool.data import load_dataset, split_train_val  # noqa: E402
 from aetool.devices import resolve_device, synchronize  # noqa: E402
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="'' for no results file")
+    add_busy_option(parser)
     args = parser.parse_args(argv)
+    check_idle(args.allow_busy)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

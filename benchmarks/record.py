@@ -5,6 +5,11 @@ the file holds the results and the conditions they were measured under (command 
 date, device, CPU model and flags from /proc/cpuinfo, thread counts, load average, versions),
 so that every figure the README quotes can be traced to, and checked against, a committed
 file (tests/test_readme_figures.py does that).
+
+Speed benchmarks call `add_busy_option(parser)` and then `check_idle(args.allow_busy)` first:
+on a busy machine (1-minute load average at least `BUSY_LOAD` at the start) they refuse to
+run (exit 2) unless `--allow-busy`, and then the result file says `"busy": true`. Every
+result file records the load average at the start (when `check_idle` ran) and at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +23,37 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BUSY_LOAD = 0.5  # a 1-minute load average from here on is a busy machine: timings mislead
+# What `check_idle` found at the start of this run (the result file records it).
+_START: dict = {}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def add_busy_option(parser) -> None:
+    parser.add_argument("--allow-busy", action="store_true",
+                        help=f"run even when the 1-minute load average is {BUSY_LOAD} or more "
+                        "(the result file is then marked busy)")
+
+
+def check_idle(allow_busy: bool) -> bool:
+    """Record the load average at the start; refuse (exit 2, one sentence) on a busy machine
+    unless `allow_busy`. Returns whether the machine is busy."""
+    load = load_average()
+    busy = load is not None and load[0] >= BUSY_LOAD
+    _START.clear()
+    _START.update(load_average_at_start=load, busy=busy)
+    if busy and not allow_busy:
+        print(f"The machine is busy (1-minute load average {load[0]}, at least {BUSY_LOAD}): "
+              "timings would mislead; run on an idle machine, or pass --allow-busy to mark "
+              "the result busy.", file=sys.stderr)
+        raise SystemExit(2)
+    return busy
 
 
 def cpu_info() -> dict:
@@ -45,10 +81,7 @@ def environment(script: str, device=None, argv: list[str] | None = None) -> dict
     import aetool
     from aetool.devices import device_description
 
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        load = None
+    load = load_average()
     env = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": shlex.join(["python", f"benchmarks/{script}",
@@ -58,6 +91,7 @@ def environment(script: str, device=None, argv: list[str] | None = None) -> dict
         "cpu": cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        **_START,
         "load_average_at_end": load,
         "versions": {"aetool": getattr(aetool, "__version__", None), "torch": torch.__version__,
                      "python": platform.python_version(), "platform": platform.platform()},
@@ -74,6 +108,7 @@ def save_result(kind: str, script: str, results, directory: str | None, device=N
     if not directory:
         return None
     env = environment(script, device, argv)
+    _START.clear()  # a later run in this process checks its own start
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = env["date"].replace("-", "").replace(":", "")

@@ -31,7 +31,7 @@ from aetool.search.grid import SearchConfig, fold_indices, search_images
 from aetool.train.batched import TrainJob, train_batched, train_sequential
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
+from record import RESULTS_DIR, add_busy_option, check_idle, save_result  # noqa: E402 (sibling)
 
 
 def _jobs(config: SearchConfig, images: torch.Tensor, ed: int) -> list[TrainJob]:
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     parser.add_argument("--results", default=str(RESULTS_DIR),
                         help="folder for the results file ('' for none)")
+    add_busy_option(parser)
     args = parser.parse_args(argv)
+    check_idle(args.allow_busy)
     if args.threads:
         torch.set_num_threads(args.threads)
 

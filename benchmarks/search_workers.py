@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import torch
-from record import save_result
+from record import add_busy_option, check_idle, save_result
 
 GRID = ["--ed", "4", "--lr", "1e-2", "--lr", "1e-3", "--weight-decay", "1e-5",
         "--weight-decay", "1e-4", "--folds", "3", "--epochs", "5", "--limit", "6000",
@@ -42,7 +42,9 @@ def main() -> None:
                         help="WORKERSxTHREADS each")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--results", default=None, help="folder for the JSON result file")
+    add_busy_option(parser)
     args = parser.parse_args()
+    check_idle(args.allow_busy)
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs]
     runs: dict[str, list[float]] = {c: [] for c in args.configs}
     for _ in range(args.repeat):

@@ -47,7 +47,7 @@ from aetool.train import fast
 from aetool.train import loop as training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record import RESULTS_DIR, save_result  # noqa: E402  (a sibling file, not a package)
+from record import RESULTS_DIR, add_busy_option, check_idle, save_result  # noqa: E402 (sibling)
 
 LR, WEIGHT_DECAY = 1e-2, 1e-5
 
@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--results", default=str(RESULTS_DIR),
                         help="folder for the results file ('' for none)")
+    add_busy_option(parser)
     args = parser.parse_args(argv)
+    check_idle(args.allow_busy)
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -120,3 +120,16 @@ def test_sigterm_keeps_finished_epochs_and_resume_finishes(fake_data_dir, worksp
     )
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads(result.stdout)["epochs"] == done + 1
+
+
+def test_the_default_validation_size_fits_a_small_data_set(tmp_path, fake_data_dir):
+    """Issue 21: 600 training images get a sixth (100) for validation instead of a refusal of
+    the default 10,000; an explicit size that does not fit is still refused."""
+    common = ["fit", "--ed", "4", "--max-epochs", "1", "--batch-size", "100", "--device", "cpu",
+              "--data-dir", str(fake_data_dir), "--runs", str(tmp_path / "ws")]
+    result = CliRunner().invoke(app, common)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "ws" / "ed4" / runs.METRICS).read_text())
+    assert metrics["val_images"] == 100 and metrics["train_images"] == 500
+    refused = CliRunner().invoke(app, [*common, "--name", "big", "--val-size", "10000"])
+    assert refused.exit_code == 2 and "--val-size" in refused.output

@@ -481,3 +481,21 @@ def test_a_model_name_two_packages_register_needs_its_package(tmp_path, fake_dat
         again = invoke("corrupt", "--run", "ed4", "--noise", "original", "--device", "cpu",
                        "--data-dir", fake_data_dir, "--runs", tmp_path / "ws")
         assert again.exit_code == 0, again.output
+
+
+def test_the_model_s_spec_is_shown_in_fit_corrupt_and_search(tmp_path, fake_data_dir):
+    """Issue 21: a plugin author sees which model a table is about."""
+    wide = CliRunner(env={"COLUMNS": "250"})
+    spec = "wide:width=8,hidden=32,groups=1,depth=1"
+    common = ["--device", "cpu", "--data-dir", str(fake_data_dir), "--runs", str(tmp_path / "ws")]
+    fitted = wide.invoke(app, ["fit", "--ed", "4", "--max-epochs", "1", "--batch-size", "100",
+                               "--model", spec, *common])
+    assert fitted.exit_code == 0, fitted.output
+    assert spec in fitted.output
+    corrupted = wide.invoke(app, ["corrupt", "--noise", "original", *common])
+    assert corrupted.exit_code == 0 and spec in corrupted.output, corrupted.output
+    searched = wide.invoke(app, ["search", "--ed", "4", "--lr", "0.001", "--weight-decay", "0",
+                                 "--folds", "2", "--epochs", "1", "--batch-size", "50",
+                                 "--limit", "100", "--model", spec, *common])
+    assert searched.exit_code == 0, searched.output
+    assert f"{spec}, ED 4:" in searched.output

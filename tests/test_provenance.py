@@ -57,3 +57,33 @@ def test_a_plugin_model_and_a_data_path_are_recorded(tmp_path, fake_data_dir):
     assert config["provenance"]["dataset"] == {"path": str(fake_data_dir / "MNIST" / "raw")}
     assert "noise" not in config["provenance"]
     assert metrics["provenance"] == config["provenance"]
+
+
+def test_a_run_made_with_another_version_of_its_model_s_package_warns(tmp_path, fake_data_dir):
+    config, _ = fit(tmp_path, fake_data_dir)
+    config["provenance"]["model"]["version"] = "0.0.1"
+    (tmp_path / "ws" / "ed4" / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, [str(a) for a in (
+        "corrupt", "--run", "ed4", "--noise", "original", "--device", "cpu", "--data-dir",
+        fake_data_dir, "--runs", tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "trained with aetool 0.0.1" in said and f"aetool {__version__} provides" in said
+
+
+def test_a_run_whose_plugin_is_gone_names_the_package_to_install(tmp_path, fake_data_dir):
+    plugins.load_plugins()
+    plugins.pm.register(HandMade(), name="handmade-plugin")
+    try:
+        config, _ = fit(tmp_path, fake_data_dir, "--model", "handmade")
+    finally:
+        plugins.pm.unregister(name="handmade-plugin")
+    config["provenance"]["model"].update(package="aetool-handmade", version="1.2")
+    (tmp_path / "ws" / "ed4" / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, [str(a) for a in (
+        "corrupt", "--run", "ed4", "--noise", "original", "--device", "cpu", "--data-dir",
+        fake_data_dir, "--runs", tmp_path / "ws")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "Run 'ed4' cannot be loaded" in said and "install aetool-handmade 1.2" in said
+    assert "Traceback" not in result.output

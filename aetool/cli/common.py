@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import signal
 import sys
 import typing
@@ -26,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from aetool.config import PRESETS
+from aetool.config import PRESETS, SEED_MAX, SEED_RULE
 from aetool.data import check_dataset
 from aetool.errors import AetoolError, SettingError
 
@@ -105,6 +106,38 @@ def at_least(minimum: int) -> Callable[[int | None], int | None]:
         return value
 
     return callback
+
+
+def seed_range(value: int | None) -> int | None:
+    """A Typer callback refusing seeds outside 0..2**32-1 (exit 2): numpy and scikit-learn
+    take no others, and every command accepts the same seeds."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise typer.BadParameter(f"must be {SEED_RULE}, got {value}")
+    return value
+
+
+THREADS_PER_CORE = 4  # --threads beyond this many per CPU core only slows PyTorch down
+MAX_THREADS = 1024  # and never more: libgomp crashed (SIGSEGV) when asked for 100,000
+
+
+def thread_limit() -> int:
+    """The most CPU threads `--threads` may ask for on this machine."""
+    return min(MAX_THREADS, THREADS_PER_CORE * (os.cpu_count() or 1))
+
+
+def thread_count(value: int | None) -> int | None:
+    """A Typer callback accepting 1 to `thread_limit()` threads (exit 2 otherwise), checked
+    before PyTorch is asked for them."""
+    if value is None:
+        return None
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    limit = thread_limit()
+    if value > limit:
+        raise typer.BadParameter(
+            f"must be at most {limit} ({THREADS_PER_CORE} per CPU core of this machine, "
+            f"which has {os.cpu_count() or 1}, and never over {MAX_THREADS}), got {value}")
+    return value
 
 
 def positive(value: float | None) -> float | None:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import workspace as runs
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DATASET_HELP,
     DataDirOption,
@@ -26,6 +26,7 @@ from aetool.cli.common import (
     download_progress,
     handle_errors,
     print_json,
+    seed_range,
     stderr,
 )
 from aetool.cli.longrun import (
@@ -40,23 +41,26 @@ from aetool.cli.skipped import finish
 from aetool.noises import DEFAULT_NOISE_SPECS
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool corrupt --ed 4 --ed 32 --json",
+    "aetool corrupt --run ed4 --noise original --noise gaussian:sigma=0.2|0.4"))
 @handle_errors
 def corrupt(
     ed: Annotated[
         list[int] | None,
-        typer.Option("--ed", help="Only runs (or checkpoints) with this encoding dimension; "
-                     "repeatable."),
+        typer.Option("--ed", metavar="ED", help="Only runs (or checkpoints) with this "
+                     "encoding dimension; repeatable."),
     ] = None,
     run: Annotated[
         list[str] | None,
-        typer.Option("--run", help="A run's name in the workspace; repeatable.",
-                     show_default="every finished run"),
+        typer.Option("--run", metavar="NAME", help="A run's name in the workspace; "
+                     "repeatable.", show_default="every finished run"),
     ] = None,
     checkpoint: Annotated[
         list[Path] | None,
-        typer.Option("--checkpoint", help="A bare state_dict file (e.g. the report's "
-                     "net_params_4.pth) instead of runs; repeatable.", dir_okay=False),
+        typer.Option("--checkpoint", metavar="FILE", help="A bare state_dict file (e.g. "
+                     "the report's net_params_4.pth) instead of runs; repeatable.",
+                     dir_okay=False),
     ] = None,
     output: Annotated[
         Path | None,
@@ -65,10 +69,12 @@ def corrupt(
     ] = None,
     noise: Annotated[
         list[str] | None,
-        typer.Option("--noise", help="NAME or NAME:param=value,... (a|b|c sweeps); repeatable. "
-                     "See `aetool noises`.", show_default=" ".join(DEFAULT_NOISE_SPECS)),
+        typer.Option("--noise", metavar="NOISE", help="NAME or NAME:param=value,... "
+                     "(a|b|c sweeps); repeatable. See `aetool noises`.",
+                     show_default=" ".join(DEFAULT_NOISE_SPECS)),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every noise's generator.")] = 42,
+    seed: Annotated[int, typer.Option(help="Seed of every noise's generator.",
+                                    callback=seed_range)] = 42,
     batch_size: Annotated[
         int, typer.Option(help="Test images per batch.", callback=at_least(1))
     ] = 1000,
@@ -126,7 +132,7 @@ def corrupt(
         finish(skipped)
         return
     if records:
-        stderr.print(side_by_side(records))
+        stderr.print(side_by_side(records, {t.name: t.spec for t in targets}))
     for record in records:
         if record["folder"] is not None:
             stderr.print(f"Saved noise_table.json"
@@ -137,12 +143,15 @@ def corrupt(
     finish(skipped)
 
 
-def side_by_side(records: list[dict[str, Any]]) -> Table:
-    """Rows = noises, one MSE column per model, as in the report's Table 1."""
+def side_by_side(records: list[dict[str, Any]], specs: dict[str, str] | None = None) -> Table:
+    """Rows = noises, one MSE column per model (headed by its ED, name and `specs[name]`, the
+    model), as in the report's Table 1."""
     table = Table(title="aetool corrupt: MSE(reconstruction of corrupted, clean)")
     table.add_column("noise", style="bold")
     for record in records:
-        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}", justify="right")
+        spec = (specs or {}).get(record["run"])
+        table.add_column(f"ED={record['ed']}\n{escape(record['run'])}"
+                         + (f"\n{escape(spec)}" if spec else ""), justify="right")
     for i, row in enumerate(records[0]["rows"] if records else []):
         table.add_row(escape(row["label"]),
                       *(f"{record['rows'][i]['mse']:.6f}" for record in records))

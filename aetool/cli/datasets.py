@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool.cli.app import app
+from aetool.cli.app import Typer, app, examples
 from aetool.cli.check_report import finish
 from aetool.cli.common import (
     DATASET_HELP,
@@ -45,21 +45,21 @@ def datasets_table(rows: list[dict[str, Any]], root: str) -> Table:
     return table
 
 
-datasets_app = typer.Typer(name="datasets", invoke_without_command=True,
-                           no_args_is_help=False)
+datasets_app = Typer(name="datasets", invoke_without_command=True, no_args_is_help=False)
 app.add_typer(datasets_app)
 
 
-@datasets_app.callback(invoke_without_command=True)
+@datasets_app.callback(invoke_without_command=True, epilog=examples(
+    "aetool datasets --json", "aetool datasets check kmnist"))
 @handle_errors
 def datasets(ctx: typer.Context, data_dir: DataDirOption = None,
              json_output: JsonOption = False) -> None:
-    """List the registered data sets: name, plugin, class names, whether the data cache holds
-    their files (`--data-dir`), description.
+    """List the registered data sets: name, plugin, classes, whether cached, description.
 
-    Use them as `--dataset NAME`; `--dataset PATH` takes an image folder, an .npz file or a
-    folder of IDX files instead (see the README, "Your own data"). `aetool datasets check
-    NAME|PATH` checks one.
+    Cached: whether the data cache (`--data-dir`) holds its files. Use them as
+    `--dataset NAME`; `--dataset PATH` takes an image folder, an .npz file or a folder of IDX
+    files instead (see the README, "Your own data"). `aetool datasets check NAME|PATH` checks
+    one.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -75,7 +75,8 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None,
         stderr.print(datasets_table(rows, str(root)))
 
 
-@datasets_app.command("check")
+@datasets_app.command("check", epilog=examples(
+    "aetool datasets check kmnist", "aetool datasets check ./digits.npz"))
 @handle_errors
 def check(
     dataset: Annotated[str, typer.Argument(metavar="NAME|PATH", help=DATASET_HELP,

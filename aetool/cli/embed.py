@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import workspace as runs
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DATASET_HELP,
     DataDirOption,
@@ -22,6 +22,7 @@ from aetool.cli.common import (
     handle_errors,
     one_of,
     print_json,
+    seed_range,
     stderr,
     warn,
 )
@@ -37,25 +38,31 @@ from aetool.devices import resolve_device
 from aetool.evaluate.embed import METHODS, embed_runs
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool embed --ed 4 --ed 32 --json",
+    "aetool embed --run ed4 --method pca --method tsne"))
 @handle_errors
 def embed(
     ed: Annotated[
         list[int] | None,
-        typer.Option("--ed", help="Only runs with this encoding dimension (repeatable)."),
+        typer.Option("--ed", metavar="ED",
+                     help="Only runs with this encoding dimension (repeatable)."),
     ] = None,
     run: Annotated[
         list[str] | None,
-        typer.Option("--run", help="A run's name in the workspace (repeatable).",
+        typer.Option("--run", metavar="NAME", help="A run's name in the workspace "
+                     "(repeatable).",
                      show_default="every finished run"),
     ] = None,
     method: Annotated[
         list[str] | None,
-        typer.Option("--method", help=f"Projection to 2-D: {', '.join(METHODS)} (repeatable; "
+        typer.Option("--method", metavar="METHOD",
+                     help=f"Projection to 2-D: {', '.join(METHODS)} (repeatable; "
                      "t-SNE takes about a minute per run on a CPU).", show_default="pca",
                      callback=one_of(METHODS, "method")),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the score samples, folds and t-SNE.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the score samples, folds and t-SNE.",
+                                    callback=seed_range)] = 0,
     device: DeviceOption = "auto",
     dataset: Annotated[
         str | None,
@@ -69,8 +76,10 @@ def embed(
     log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Encode the test set with trained runs; save codes, a 2-D scatter plot and separation
-    scores (silhouette, k-NN accuracy) in each run folder."""
+    """Encode the test set with trained runs; save codes, a 2-D plot and separation scores.
+
+    In each run folder: the codes, a 2-D scatter plot and the separation scores (silhouette,
+    k-NN accuracy)."""
     torch_device = resolve_device(device)
     use_threads(threads)
     skipped: list[runs.Unreadable] = []  # runs of the whole workspace that cannot be loaded
@@ -87,6 +96,12 @@ def embed(
                                data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
                                data_progress=data_progress, skipped=skip)
         task.update(completed=len(picked))
+    show(summaries, json_output)
+    finish(skipped)
+
+
+def show(summaries: list[dict], json_output: bool) -> None:
+    """The summaries as JSON on stdout, or as a table and the files saved on stderr."""
     for note in dict.fromkeys(s["note"] for s in summaries if s.get("note")):
         warn(note)  # once: a data set without labels gets a plot without colours, no scores
     if json_output:
@@ -96,7 +111,6 @@ def embed(
         for summary in summaries:
             plots = ", ".join(str(Path(summary["path"]) / p) for p in summary["plots"].values())
             stderr.print(f"Saved {escape(plots)}", highlight=False)
-    finish(skipped)
 
 
 def summary_table(summaries: list[dict]) -> Table:

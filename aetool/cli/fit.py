@@ -10,18 +10,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import workspace as runs
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
     DeviceOption,
     JsonOption,
     RunsOption,
+    at_least,
     download_progress,
     handle_errors,
     one_of,
     preset_choice,
     print_json,
+    seed_range,
     stderr,
     warn,
 )
@@ -36,7 +38,7 @@ from aetool.cli.longrun import (
 from aetool.cli.models import check_model_option
 from aetool.cli.noises import check_noise_option
 from aetool.train.budget import MAX_EPOCHS, duration_text
-from aetool.train.fast import MODES
+from aetool.train.fast import MODES, PRECISIONS
 from aetool.train.loop import (
     DEFAULT_PRESET,
     PRESETS,
@@ -48,6 +50,15 @@ from aetool.train.loop import (
     run_config,
 )
 
+PRECISION_HELP = ("Training precision: 32, bf16-mixed (autocast to bfloat16), 16-mixed (CUDA "
+                  "only), or auto (32 until bf16-mixed's accuracy check holds). Evaluation "
+                  "is always float32.")
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option("--precision", help=PRECISION_HELP, show_default="32",
+                 callback=one_of(PRECISIONS, "precision")),
+]
+
 
 def _schedule(value: str | None) -> str | None:
     if value is not None and value not in SCHEDULES:
@@ -55,10 +66,12 @@ def _schedule(value: str | None) -> str | None:
     return value
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool fit --ed 4 --time 10m",
+    "aetool fit --ed 4 --noise gaussian:sigma=0.3 --name ed4-denoise"))
 @handle_errors
 def fit(
-    ed: Annotated[int, typer.Option(help="Encoding dimension.")] = 4,
+    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
     preset: Annotated[
         str,
         typer.Option(help=f"Starting settings: {', '.join(PRESETS)}. best: aetool's recipe; "
@@ -72,7 +85,7 @@ def fit(
         int | None, typer.Option(help="Batch size.")
     ] = None,
     max_epochs: Annotated[
-        int | None, typer.Option(help="Most epochs to train.")
+        int | None, typer.Option(help="Most epochs to train.", callback=at_least(1))
     ] = None,
     time: Annotated[
         str | None,
@@ -97,9 +110,11 @@ def fit(
         typer.Option(help="Linear learning-rate warm-up over the first N epochs."),
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.")
-    ] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.")] = 0,
+        int | None, typer.Option(help="Training images held out for validation.",
+                                 show_default="10000, or a sixth of a smaller data set")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.",
+                                    callback=seed_range)] = 0,
     noise: Annotated[
         str | None,
         typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3.",
@@ -131,6 +146,7 @@ def fit(
                            "for debugging.")
     ] = False,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="The architecture: NAME or NAME:param=value,... (see "
@@ -158,15 +174,16 @@ def fit(
         raise typer.BadParameter("a resumed run keeps the length its --time chose",
                                  param_hint="--time")
     if resume:
-        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model)
+        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model,
+                               precision=precision)
     else:
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
             weight_decay=weight_decay, batch_size=batch_size,
-            max_epochs=max_epochs or (MAX_EPOCHS if time is not None else None),
+            max_epochs=max_epochs if max_epochs is not None or time is None else MAX_EPOCHS,
             time_budget=time, patience=patience, tolerance=tolerance, schedule=schedule,
             warmup_epochs=warmup_epochs, seed=seed, device=device, dataset=dataset, noise=noise,
-            val_size=val_size, resize=resize, model=model,
+            val_size=val_size, resize=resize, model=model, precision=precision,
         )
     existing = "resume" if resume else "replace" if force else "refuse"
     with Progress(quiet=quiet, interval=log_every) as progress:
@@ -237,12 +254,14 @@ def summary_table(result: FitResult) -> Table:
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
+        ("model", escape(result.config.model)),
         ("epochs", f"{len(result.history)}" + (" (stopped early)" if result.stopped_early else "")),
         ("best epoch", str(result.best_epoch)),
         ("best validation MSE", f"{result.best_val_loss:.6f}"),
         ("test MSE", f"{result.test_mse:.6f}"),
         ("training time", f"{result.seconds:.1f} s ({result.device}, "
-                          f"{result.metrics['environment']['train_mode']})"),
+                          f"{result.metrics['environment']['train_mode']}, "
+                          f"{result.config.precision})"),
         ("lr / weight decay", f"{result.config.lr:g} / {result.config.weight_decay:g}"),
     ]
     if result.config.time_budget is not None:

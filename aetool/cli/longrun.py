@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from aetool.cli.common import at_least, non_negative, progress_bar, stderr
+from aetool.cli.common import non_negative, progress_bar, stderr, thread_count
 
 DEFAULT_LOG_EVERY = 10.0
 
@@ -36,7 +36,7 @@ LogEveryOption = Annotated[
 
 
 ThreadsOption = Annotated[
-    int | None, typer.Option("--threads", envvar="AETOOL_THREADS", callback=at_least(1),
+    int | None, typer.Option("--threads", envvar="AETOOL_THREADS", callback=thread_count,
                              help="PyTorch's CPU threads (intra-op). Processes sharing a "
                              "machine should add up to its cores.",
                              show_default="PyTorch's default: the cores")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool.cli.app import app
+from aetool.cli.app import Typer, app, examples
 from aetool.cli.check_report import finish
 from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
 from aetool.cli.noises import params_cell, spec_callback, with_plugin_warnings
@@ -47,11 +47,12 @@ def models_table(rows: list[dict[str, Any]], ed: int) -> Table:
     return table
 
 
-models_app = typer.Typer(name="models", invoke_without_command=True, no_args_is_help=False)
+models_app = Typer(name="models", invoke_without_command=True, no_args_is_help=False)
 app.add_typer(models_app)
 
 
-@models_app.callback(invoke_without_command=True)
+@models_app.callback(invoke_without_command=True, epilog=examples(
+    "aetool models --ed 8", "aetool models check wide:width=8,hidden=256"))
 @handle_errors
 def models(
     ctx: typer.Context,
@@ -59,9 +60,10 @@ def models(
                                     min=1)] = 4,
     json_output: JsonOption = False,
 ) -> None:
-    """List the registered models: name, plugin, parameters with defaults, number of weights,
-    description. Use them as NAME or NAME:param=value,... in `aetool fit --model`,
-    `aetool search --model` and `aetool study --model`; `aetool models check SPEC` checks one."""
+    """List the registered models: name, plugin, parameters, number of weights, description.
+
+    Use them as NAME or NAME:param=value,... in `aetool fit --model`, `aetool search --model`
+    and `aetool study --model`; `aetool models check SPEC` checks one."""
     if ctx.invoked_subcommand is not None:
         return
     from aetool.models import describe_models
@@ -73,7 +75,8 @@ def models(
         stderr.print(models_table(rows, ed))
 
 
-@models_app.command("check")
+@models_app.command("check", epilog=examples(
+    "aetool models check wide:depth=6 --ed 8", "aetool models check course --mode compile"))
 @handle_errors
 def check(
     spec: Annotated[str, typer.Argument(
@@ -83,8 +86,9 @@ def check(
                                     min=1)] = 4,
     device: DeviceOption = "auto",
     mode: Annotated[list[str] | None, typer.Option(
-        "--mode", help="A training mode to compare with eager (repeatable; default: tuned, "
-        "and graph on CUDA); compile compiles for 10-30 s, so it runs only when named.",
+        "--mode", metavar="MODE", help="A training mode to compare with eager (repeatable; "
+        "default: tuned, and graph on CUDA); compile compiles for 10-30 s, so it runs only "
+        "when named.",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the models' weights and shuffling.")] = 0,
     json_output: JsonOption = False,

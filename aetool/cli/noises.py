@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool.cli.app import app
+from aetool.cli.app import Typer, app, examples
 from aetool.cli.check_report import finish
 from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
 from aetool.errors import AetoolError
@@ -51,10 +51,12 @@ def parse_noise_option(specs: Sequence[str], param_hint: str = "'--noise'") -> l
 
 def spec_callback(parse: Callable[[str], Any]) -> Callable[[str | None], str | None]:
     """A Typer callback checking one `NAME:param=value,...` spec with `parse` (a usage error,
-    exit 2, when it fails), plugin warnings printed once."""
+    exit 2, when it fails or is empty), plugin warnings printed once."""
 
     def callback(value: str | None) -> str | None:
-        if value:
+        if value is not None and not value.strip():  # "" is a careless value, not "none"
+            raise typer.BadParameter("must not be empty; write NAME or NAME:param=value,....")
+        if value is not None:
             try:
                 with_plugin_warnings(lambda: parse(value))
             except AetoolError as exc:
@@ -99,11 +101,12 @@ def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-noises_app = typer.Typer(name="noises", invoke_without_command=True, no_args_is_help=False)
+noises_app = Typer(name="noises", invoke_without_command=True, no_args_is_help=False)
 app.add_typer(noises_app)
 
 
-@noises_app.callback(invoke_without_command=True)
+@noises_app.callback(invoke_without_command=True, epilog=examples(
+    "aetool noises --json", "aetool noises check gaussian:sigma=0.3"))
 @handle_errors
 def noises(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List the registered noises: name, plugin, parameters with defaults, description.
@@ -123,7 +126,8 @@ def noises(ctx: typer.Context, json_output: JsonOption = False) -> None:
         stderr.print(noises_table(rows))
 
 
-@noises_app.command("check")
+@noises_app.command("check", epilog=examples(
+    "aetool noises check gaussian:sigma=0.3", "aetool noises check occlusion --seed 1"))
 @handle_errors
 def check(
     spec: Annotated[str, typer.Argument(

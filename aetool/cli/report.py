@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import JsonOption, RunsOption, handle_errors, print_json, stderr
 from aetool.cli.skipped import finish
 from aetool.report.render import SECTIONS, write_report
 from aetool.workspace import Unreadable
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool report", "aetool report --output study.html --json"))
 @handle_errors
 def report(
     output: Annotated[
@@ -26,8 +27,10 @@ def report(
     runs_root: RunsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Render one offline HTML page (inline CSS and images, no scripts) with the runs, losses,
-    search grid, test MSE, noise table, latent plots and environment found in the workspace."""
+    """Render one offline HTML page about everything in the workspace.
+
+    Inline CSS and images, no scripts: the runs, losses, search grid, test MSE, noise table,
+    latent plots and environment found in the workspace."""
     with stderr.status("Rendering the report"):
         result = write_report(runs_root, output)
     if result.created is not None:

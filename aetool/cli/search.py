@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aetool import workspace as runs
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
@@ -21,13 +21,14 @@ from aetool.cli.common import (
     JsonOption,
     ResizeOption,
     RunsOption,
-    at_least,
     download_progress,
     handle_errors,
     print_json,
+    seed_range,
     stderr,
     warn,
 )
+from aetool.cli.fit import PrecisionOption
 from aetool.cli.longrun import (
     LogEveryOption,
     Progress,
@@ -38,6 +39,7 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.devices import resolve_device
+from aetool.search import workers as search_workers
 from aetool.search.grid import (
     DEFAULT_EDS,
     DEFAULT_LRS,
@@ -46,6 +48,8 @@ from aetool.search.grid import (
     results_path,
     run_search,
 )
+from aetool.search.workers import follow_parent, worker_limit
+from aetool.train.fast.precision import resolve_precision
 
 _DEFAULTS = SearchConfig()
 
@@ -56,26 +60,38 @@ def _parallel(value: str) -> str:
     return value
 
 
+def _workers(value: int) -> int:
+    """At least 1, and no more than this machine can run (exit 2 naming the limit)."""
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {value}")
+    limit, why = worker_limit()
+    if value > limit:
+        raise typer.BadParameter(f"must be at most {limit} on this machine ({why}), got {value}")
+    return value
+
+
 def _show(values: tuple) -> str:
     return " ".join(f"{v:g}" for v in values)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool search --ed 4 --lr 1e-2 --lr 1e-3 --weight-decay 1e-5 --epochs 10",
+    "aetool search --storage sqlite:///search.db --workers 2"))
 @handle_errors
 def search(
     ed: Annotated[
         list[int] | None,
-        typer.Option("--ed", help="Encoding dimension (repeat for several).",
+        typer.Option("--ed", metavar="ED", help="Encoding dimension; repeatable.",
                      show_default=_show(DEFAULT_EDS)),
     ] = None,
     lr: Annotated[
         list[float] | None,
-        typer.Option("--lr", help="Learning rate (repeat for several).",
+        typer.Option("--lr", metavar="LR", help="Learning rate; repeatable.",
                      show_default=_show(DEFAULT_LRS)),
     ] = None,
     weight_decay: Annotated[
         list[float] | None,
-        typer.Option("--weight-decay", help="Adam weight decay (repeat for several).",
+        typer.Option("--weight-decay", metavar="WD", help="Adam weight decay; repeatable.",
                      show_default=_show(DEFAULT_WEIGHT_DECAYS)),
     ] = None,
     folds: Annotated[
@@ -87,7 +103,8 @@ def search(
     batch_size: Annotated[
         int, typer.Option(help="Batch size (fit's default, so the choice suits fit).")
     ] = _DEFAULTS.batch_size,
-    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.",
+                                    callback=seed_range)] = 0,
     max_loss: Annotated[
         float, typer.Option(help="Drop settings whose final val loss on any fold is above.")
     ] = _DEFAULTS.max_loss,
@@ -109,17 +126,20 @@ def search(
         str | None, typer.Option(help="Optuna study name.", show_default="derived from the grid")
     ] = None,
     val_size: Annotated[
-        int, typer.Option(help="fit's validation images, kept out of the search.")
+        int | None, typer.Option(help="fit's validation images, kept out of the search.",
+                                 show_default="10000, or a sixth of a smaller data set")
     ] = _DEFAULTS.val_size,
     limit: Annotated[
         int | None, typer.Option(hidden=True, help="Use only the first N training images.")
     ] = None,
     workers: Annotated[
         int, typer.Option(help="Worker processes on this machine, on the same study, sharing "
-                          "the cores: each gets cores/N threads unless --threads says.",
-                          callback=at_least(1))
+                          "the cores: each gets cores/N threads unless --threads says; at most "
+                          "what the machine holds (cores, and 1 GiB of memory each).",
+                          callback=_workers)
     ] = 1,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
@@ -130,20 +150,22 @@ def search(
     log_every: LogEveryOption = 10.0,
     json_output: JsonOption = False,
 ) -> None:
-    """Grid-search lr and weight decay per ED with k-fold cross-validation; resumable, and
-    several workers sharing --storage split the grid."""
+    """Grid-search lr and weight decay per ED with k-fold cross-validation.
+
+    Resumable, and several workers sharing --storage split the grid."""
+    follow_parent()  # a worker that `--workers` started ends with the search that started it
     config = SearchConfig(
         eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
         weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
         folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
         resize=resize,
         limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
-        model=model,
+        model=model, precision=precision or "32",
         device=device, parallel=None if parallel == "auto" else int(parallel),
         storage=storage, study_name=study_name,
     )
     config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
-    resolve_device(device)
+    resolve_precision(config.precision, resolve_device(device))
     if workers > 1 and threads is None:
         threads = max(1, cpu_cores() // workers)
     use_threads(threads)
@@ -168,7 +190,7 @@ def search(
         print_json(results)
     else:
         for ed_key, entry in results["eds"].items():
-            stderr.print(results_table(int(ed_key), entry))
+            stderr.print(results_table(int(ed_key), entry, config.model))
         stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
                      f"[bold]{escape(results['study']['name'])}[/] in "
                      f"{escape(str(results['study']['storage']))}")
@@ -190,7 +212,7 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
         ("--parallel", config.parallel), ("--storage", config.storage),
         ("--study-name", config.study_name), ("--device", config.device),
         ("--dataset", config.dataset), ("--data-dir", data_dir), ("--threads", threads),
-        ("--model", config.model),
+        ("--model", config.model), ("--precision", config.precision),
     ):
         if value is not None:
             args += [option, str(value) if not isinstance(value, float) else repr(value)]
@@ -199,10 +221,9 @@ def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
 
 def start_workers(config: SearchConfig, root: Path, data_dir: Path | None, count: int,
                   threads: int | None) -> list[subprocess.Popen]:
-    """Start `count` more worker processes on the same study (quiet; errors on stderr)."""
-    command = worker_command(config, root, data_dir, threads)
-    return [subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            for _ in range(count)]
+    """Start `count` more worker processes on the same study (quiet; errors on stderr); each
+    ends when this process ends, even if it is killed (`aetool.search.workers`)."""
+    return search_workers.start_workers(worker_command(config, root, data_dir, threads), count)
 
 
 def stop_workers(helpers: list[subprocess.Popen]) -> None:
@@ -221,11 +242,11 @@ def _fmt(value: float | None, spec: str = ".5f") -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def results_table(ed: int, entry: dict[str, Any]) -> Table:
-    """Every setting of one ED: final validation loss over the folds (mean ± std), final
-    training loss, their gap, the oscillation, and kept, dropped (why) or best."""
+def results_table(ed: int, entry: dict[str, Any], model: str = "course") -> Table:
+    """Every setting of one ED of `model`: final validation loss over the folds (mean ± std),
+    final training loss, their gap, the oscillation, and kept, dropped (why) or best."""
     best = entry.get("best")
-    title = f"ED {ed}: " + (
+    title = f"{escape(model)}, ED {ed}: " + (
         f"best lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
         f"(val {best['val_mean']:.5f} ± {best['val_std']:.5f})" if best
         else "no setting passed the selection rule"

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from aetool.cli.app import app
+from aetool.cli.app import app, examples
 from aetool.cli.common import (
     DataDirOption,
     DatasetOption,
@@ -20,8 +20,10 @@ from aetool.cli.common import (
     one_of,
     preset_choice,
     print_json,
+    seed_range,
     stderr,
 )
+from aetool.cli.fit import PrecisionOption
 from aetool.cli.longrun import (
     LogEveryOption,
     Progress,
@@ -39,16 +41,21 @@ from aetool.train.loop import DEFAULT_PRESET
 from aetool.workspace import Unreadable
 
 
-@app.command()
+@app.command(epilog=examples(
+    "aetool study --ed 4 --ed 32 --time 1h",
+    "aetool study --skip-search --max-epochs 50"))
 @handle_errors
 def study(
-    ed: Annotated[list[int] | None, typer.Option("--ed", help="Encoding dimensions; repeatable.",
-                                                 show_default="4 8 16 32")] = None,
-    lr: Annotated[list[float] | None, typer.Option("--lr", help="Search grid: learning rates.",
-                                                   show_default="1e-2 1e-3 1e-4")] = None,
+    ed: Annotated[list[int] | None, typer.Option(
+        "--ed", metavar="ED", help="Encoding dimension; repeatable.", show_default="4 8 16 32")
+    ] = None,
+    lr: Annotated[list[float] | None, typer.Option(
+        "--lr", metavar="LR", help="Learning rate of the search grid; repeatable.",
+        show_default="1e-2 1e-3 1e-4")] = None,
     weight_decay: Annotated[
         list[float] | None,
-        typer.Option("--weight-decay", help="Search grid: weight decays.",
+        typer.Option("--weight-decay", metavar="WD",
+                     help="Weight decay of the search grid; repeatable.",
                      show_default="1e-3 1e-4 1e-5"),
     ] = None,
     folds: Annotated[
@@ -80,19 +87,23 @@ def study(
     ] = None,
     noise: Annotated[
         list[str] | None,
-        typer.Option("--noise", help="Noises for corrupt; repeatable.",
+        typer.Option("--noise", metavar="NOISE", help="A noise for corrupt; repeatable.",
                      show_default="the report's Table 1"),
     ] = None,
     method: Annotated[
-        list[str] | None, typer.Option("--method", help=f"Projections for embed: "
-                                       f"{', '.join(METHODS)}.", show_default="pca",
+        list[str] | None, typer.Option("--method", metavar="METHOD",
+                                       help=f"Projection for embed: {', '.join(METHODS)}; "
+                                       "repeatable.", show_default="pca",
                                        callback=one_of(METHODS, "method"))
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.",
+                                    callback=seed_range)] = 0,
     val_size: Annotated[
-        int, typer.Option(help="Training images held out for validation.")
-    ] = 10_000,
+        int | None, typer.Option(help="Training images held out for validation.",
+                                 show_default="10000, or a sixth of a smaller data set")
+    ] = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = None,
     model: ModelOption = "course",
     dataset: DatasetOption = "mnist",
     resize: ResizeOption = False,
@@ -120,7 +131,7 @@ def study(
         noises=noise, time_budget=time,
         methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
         resize=resize,
-        val_size=val_size, skip_search=skip_search, model=model,
+        val_size=val_size, skip_search=skip_search, model=model, precision=precision or "32",
     )
     use_threads(threads)
     with Progress(quiet=quiet, interval=log_every) as progress:

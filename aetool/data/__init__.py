@@ -514,6 +514,9 @@ def _checked_labels(y: Any, count: int, classes: tuple[str, ...] | None, source:
         raise DataError(f"{source}: {tuple(t.shape)[0] if t.ndim else 0} {what} for {count} "
                         "images; give one label per image.")
     t = t.long()
+    if classes is not None and not classes:
+        raise DataError(f"{source}: its list of class names is empty; give one name per class, "
+                        "or none.")
     low, high = int(t.min()), int(t.max())
     if low < 0 or (classes is not None and high >= len(classes)):
         limit = f"0-{len(classes) - 1} (it has {len(classes)} classes)" if classes else "0 or more"
@@ -597,9 +600,21 @@ class Split:
     test_labels: torch.Tensor | None = None
 
 
-def split_train_val(data: ImageData, val_size: int = 10_000, seed: int = 0) -> Split:
-    """A seeded random split of the training images; the test images stay as they are."""
+DEFAULT_VAL_SIZE = 10_000  # MNIST's validation images in the report
+
+
+def default_val_size(train_images: int) -> int:
+    """The validation images when none are asked for: 10,000, or a sixth of a data set with
+    fewer than 60,000 training images (at least 1)."""
+    return max(1, min(DEFAULT_VAL_SIZE, train_images // 6))
+
+
+def split_train_val(data: ImageData, val_size: int | None = None, seed: int = 0) -> Split:
+    """A seeded random split of the training images (`val_size` of them for validation; None:
+    `default_val_size`); the test images stay as they are."""
     n = data.train_images.shape[0]
+    if val_size is None:
+        val_size = default_val_size(n)
     if not 0 < val_size < n:
         raise DataSettingError(
             "val_size", f"val_size must be between 1 and {n - 1}: the data set {data.name} "

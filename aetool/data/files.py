@@ -191,13 +191,23 @@ def _hold_out(path: Path, images: np.ndarray, labels: np.ndarray | None):
 
 
 def load_npz(path: Path) -> tuple[DatasetArrays, tuple[str, ...] | None]:
-    """An .npz archive in the layout of Keras's `mnist.npz`, checked key by key."""
+    """An .npz archive in the layout of Keras's `mnist.npz`, checked key by key. Nothing in
+    it is ever unpickled: a file that is not a zip archive, or an array of Python objects, is
+    refused in one sentence."""
+    _check_zip(path)
+    found: dict[str, np.ndarray] = {}
+    key = None
     try:
         with np.load(path, allow_pickle=False) as npz:
-            found = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} cannot be read as an .npz archive ({first_line(exc)}).") \
-            from None
+            for key in npz.files:
+                found[key] = npz[key]
+    except ValueError as exc:
+        if "pickle" in str(exc):  # numpy's message suggests allow_pickle: never
+            raise DataError(f"{path}: {key} holds Python objects (pickled data), which aetool "
+                            "never loads; save it as a plain array of numbers.") from None
+        raise DataError(f"{path} is not a valid .npz file ({first_line(exc)}).") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path} is not a valid .npz file ({first_line(exc)}).") from None
     missing = [k for k in ("x_train", "x_test") if k not in found]
     if missing:
         held = ", ".join(sorted(found)) or "nothing"
@@ -213,6 +223,19 @@ def load_npz(path: Path) -> tuple[DatasetArrays, tuple[str, ...] | None]:
         labels = [_npz_labels(found[f"y_{s}"], f"y_{s}", images.shape[0], path)
                   for s, images in (("train", train), ("test", test))]
     return DatasetArrays(train, test, *labels), _npz_classes(found.get("classes"), path)
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a file that does not start as a zip archive does (an .npz is one), before numpy
+    would try other formats on it, pickle among them."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(4)
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {first_line(exc)}.") from None
+    if start not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise DataError(f"{path} is not a valid .npz file (not a zip archive of .npy "
+                        f"arrays); {NPZ_LAYOUT}.")
 
 
 def _npz_images(array: np.ndarray, key: str, path: Path) -> np.ndarray:
@@ -254,6 +277,9 @@ def _npz_classes(array: np.ndarray | None, path: Path) -> tuple[str, ...] | None
     if array.ndim != 1 or array.dtype.kind not in "US":
         raise DataError(f"{path}: classes must be a list of names (strings), got "
                         f"{array.dtype} of shape {array.shape}.")
+    if array.size == 0:
+        raise DataError(f"{path}: classes is an empty list; give one name per class, or leave "
+                        "classes out.")
     return tuple(str(c) for c in array.tolist())
 
 

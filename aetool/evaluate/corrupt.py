@@ -187,6 +187,7 @@ class Target:
     folder: Path | None
     resize: bool = False  # the run's `resize` (an image folder's images resized to 28x28)
     dataset_sha256: str | None = None  # the data it was trained on; other data is refused
+    spec: str = "course"  # the model (config.json's `model`), shown in the tables
 
 
 def run_targets(found: Sequence[runs.Run], device: torch.device | str,
@@ -200,11 +201,13 @@ def run_targets(found: Sequence[runs.Run], device: torch.device | str,
     for run in found:
         try:
             if dataset:
-                targets.append(Target(run.name, run.ed, run.model(device), dataset, run.path))
+                targets.append(Target(run.name, run.ed, run.model(device), dataset, run.path,
+                                      spec=run.settings.model))
                 continue
             source, resize = run.dataset()
             targets.append(Target(run.name, run.ed, run.model(device), source, run.path,
-                                  resize, run.metrics.get("dataset_sha256")))
+                                  resize, run.metrics.get("dataset_sha256"),
+                                  spec=run.settings.model))
         except AetoolError as exc:
             skip(run.name, exc, skipped)
     return targets

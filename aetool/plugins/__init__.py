@@ -77,15 +77,16 @@ def _load_entry_points() -> None:
         origin = f"plugin {ep.name!r}" + (f" (package {dist.name})" if dist is not None else "")
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure must not stop aetool
+        except BaseException as exc:  # noqa: BLE001 - sys.exit or Ctrl-C in its import too:
+            # whatever a plugin's import raises makes it a broken plugin, not aetool's end
             warn(f"aetool {origin} could not be imported and is skipped: "
-                 f"{type(exc).__name__}: {exc}")
+                 f"{type(exc).__name__}" + (f": {exc}" if str(exc) else "") + ".")
             continue
         if pm.is_registered(plugin):
             continue
         try:
             pm.register(plugin, name=name)
-        except Exception as exc:  # noqa: BLE001 - e.g. a hook with a wrong signature
+        except BaseException as exc:  # noqa: BLE001 - e.g. a hook with a wrong signature
             warn(f"aetool {origin} could not be registered and is skipped: {exc}")
             continue
         if dist is not None:
@@ -244,7 +245,8 @@ def _collect(hook_name: str, kind: type, what: str, reserved: tuple[str, ...]
 
         try:
             impl.function(**({"register": register} if "register" in impl.argnames else {}))
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the rest
+        except BaseException as exc:  # noqa: BLE001 - one broken plugin (even one calling
+            # sys.exit) must not stop the rest
             warn(f"aetool plugin {plugin_name} failed in {hook_name} and is skipped: "
                  f"{type(exc).__name__}: {exc}")
     _registries[hook_name] = (key, found)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from aetool import workspace as runs
-from aetool.config import FitConfig
+from aetool.config import SEED_MAX, SEED_RULE, FitConfig
 from aetool.data import ProgressFn, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
 from aetool.errors import AetoolError, RunError, SettingError
@@ -53,10 +53,13 @@ from aetool.search.storage import (
     SEARCH_DIR,
     GridPoint,
     GridStudy,
+    check_storage,
     hide_password,
-    open_storage,
+    open_storage,  # noqa: F401 (API: tests and callers open the storage from here)
+    open_study,
 )
 from aetool.train.batched import Curves, TrainJob, train_models
+from aetool.train.fast.precision import PRECISIONS, resolve_precision
 
 DEFAULT_EDS = (4, 8, 16, 32)
 DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
@@ -94,11 +97,12 @@ class SearchConfig:
     dataset: str = "mnist"
     resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
     limit: int | None = None  # use only the first N training images (tests, demos)
-    val_size: int = 10_000  # fit's validation images, left out of the search
+    val_size: int | None = None  # fit's validation images (None: fit's default), left out
     model: str = "course"  # the architecture every grid point trains (`aetool models`)
     max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
     max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
     device: str = "auto"
+    precision: str = "32"  # training precision (aetool.train.fast.precision); decides results too
     parallel: int | None = None  # models trained together; None: sized for the device
     storage: str | None = None  # any Optuna storage URL or a journal file; None: the workspace's
     study_name: str | None = None  # None: derived from the settings above
@@ -129,10 +133,18 @@ class SearchConfig:
              f"max_oscillation must be zero or more, got {self.max_oscillation}"),
             ("parallel", self.parallel is None or self.parallel >= 1,
              f"parallel must be at least 1, got {self.parallel}"),
+            ("seed", 0 <= self.seed <= SEED_MAX, f"seed must be {SEED_RULE}, got {self.seed}"),
+            ("model", bool(self.model.strip()),
+             "model must name a model (NAME or NAME:param=value,...), got ''"),
+            ("precision", self.precision in PRECISIONS,
+             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            ("study_name", self.study_name is None or bool(self.study_name.strip()),
+             "the study_name must not be empty (without one it is derived from the grid)"),
         ]
         for name, ok, message in checks:
             if not ok:
                 raise SettingError(name, message[0].upper() + message[1:] + ".")
+        check_storage(self.storage)
 
     def grid(self) -> list[GridPoint]:
         """Every grid point, ED by ED, in the order of the options."""
@@ -147,11 +159,15 @@ class SearchConfig:
         """What decides the results: two searches with the same protocol share a study."""
         protocol = {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
                     "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
-                    "limit": self.limit, "val_size": self.val_size}
+                    "limit": self.limit,
+                    # the default (None) keeps the name studies made with 10,000 had
+                    "val_size": 10_000 if self.val_size is None else self.val_size}
         if self.resize:  # studies without it keep the names they had
             protocol["resize"] = True
         if self.model != "course":  # studies of the course model keep the names they had
             protocol["model"] = self.model
+        if self.precision != "32":  # float32 studies keep the names they had
+            protocol["precision"] = self.precision
         return protocol
 
     def default_study_name(self) -> str:
@@ -166,7 +182,7 @@ class SearchConfig:
             batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
             device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
             preset="search",
-            model=self.model,
+            model=self.model, precision=self.precision,
         )
 
 
@@ -350,11 +366,12 @@ def run_search(
     config = replace(config, model=spec.spec)
     workspace = runs.Workspace(runs_root)
     device = resolve_device(config.device)
+    config = replace(config, precision=resolve_precision(config.precision, device))
     images, checksum = search_images(config, data_dir, device, data_progress)
     folds = fold_indices(images.shape[0], config.folds, config.seed)
     protocol = {**config.protocol(), "train_images": int(images.shape[0]),
                 "dataset_sha256": checksum}
-    study = GridStudy(config, open_storage(config.storage, workspace.root), protocol)
+    study = open_study(config, workspace.root, protocol)
     tic = time.perf_counter()
     with study.heartbeat():
         try:
@@ -378,7 +395,8 @@ def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
     for the points other workers are training."""
     from optuna.trial import TrialState
 
-    parallel = config.parallel or auto_parallel(device, config.batch_size)
+    parallel = config.parallel if config.parallel is not None else \
+        auto_parallel(device, config.batch_size)
     total = len(config.grid()) * config.folds
     units = 0.0
 
@@ -458,7 +476,8 @@ def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, An
         "seed": config.seed, "dataset": config.dataset, "val_size": config.val_size,
         "limit": config.limit, "train_images": protocol["train_images"],
         "max_loss": config.max_loss, "max_oscillation": config.max_oscillation,
-        "model": config.model, "oscillation": OSCILLATION_DEFINITION,
+        "model": config.model, "precision": config.precision,
+        "oscillation": OSCILLATION_DEFINITION,
         "std": "population standard deviation over the folds",
     }
     return {

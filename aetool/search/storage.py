@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aetool import workspace as runs
-from aetool.errors import AetoolError, RunError, first_line
+from aetool.errors import AetoolError, RunError, SettingError, first_line
 
 SEARCH_DIR = runs.SEARCH_DIR  # file names are the workspace's (aetool.workspace)
 STUDY_LOG = runs.SEARCH_LOG
@@ -50,18 +50,70 @@ class GridPoint:
     def __str__(self) -> str:
         return f"ED {self.ed}, lr {self.lr:g}, wd {self.weight_decay:g}"
 
+
+# The storages Optuna can use besides a journal file: SQLAlchemy's databases and a Redis
+# journal, each written `scheme://...`, the scheme maybe with a driver (`postgresql+psycopg`).
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql",
+                   "redis", "rediss")
+STORAGE_FORMS = "sqlite:///FILE.db, postgresql://..., mysql://... or redis://..."
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # C:\... is a path, not a URL
+
+
+def check_storage(url: str | None) -> None:
+    """The storage rule: None is the workspace's journal; a value with `:` is a URL
+    `scheme://...` with a scheme of `STORAGE_SCHEMES`; anything else is a journal file's path.
+    A value that is neither (`sqlite:/x.db`, `garbage:x`, empty) is a `SettingError`."""
+    if url is None or (url.strip() and (":" not in url or _WINDOWS_DRIVE.match(url))):
+        return
+    scheme, sep, rest = url.partition("://")
+    if not url.strip() or not sep or not rest or \
+            scheme.split("+")[0].lower() not in STORAGE_SCHEMES:
+        raise SettingError("storage", f"storage {hide_password(url)!r} is neither a database "
+                           f"URL nor a journal file path: write a URL as {STORAGE_FORMS}, "
+                           "and a journal file's path without ':'.")
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a file Optuna cannot read as a journal, naming it: each of its lines must be
+    one JSON record with an `op_code` (a last line without its newline is one another worker
+    is still writing, and is left alone)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise AetoolError(f"The study journal {path} is not a file; choose another storage.")
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("op_code"), int):
+                raise AetoolError(f"{path} is not an Optuna journal file (line {number} is not "
+                                  "a journal record); move it away, or choose another storage.")
+
+
+def storage_name(url: str | None, runs_root: Path) -> str:
+    """How messages name a storage: its URL without the password, or the journal's path."""
+    return hide_password(url) if url else str(runs_root / SEARCH_DIR / STUDY_LOG)
+
+
 def open_storage(url: str | None, runs_root: Path) -> Any:
     """An Optuna storage: a database URL (sqlite:///, postgresql://, mysql://...), a
-    `redis://` journal, or a journal file path; by default `runs/search/study.log`."""
+    `redis://` journal, or a journal file path; by default `runs/search/study.log`.
+    `check_storage` says which values are which; errors name the URL or the path."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 
     # aetool reports progress itself; Optuna's per-study INFO lines would clutter stderr.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_storage(url)
     try:
         if url is None or "://" not in url:
             path = Path(url) if url else runs_root / SEARCH_DIR / STUDY_LOG
             path.parent.mkdir(parents=True, exist_ok=True)
+            check_journal(path)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("redis"):
             return optuna.storages.JournalStorage(JournalRedisBackend(url))
@@ -71,9 +123,25 @@ def open_storage(url: str | None, runs_root: Path) -> Any:
                 or url.startswith("postgresql+psycopg:") else "")
         raise AetoolError(f"The storage {hide_password(url)} needs a package{hint}: "
                           f"{exc}.") from None
+    except AetoolError:
+        raise
     except Exception as exc:  # sqlalchemy and drivers raise many types for a bad URL or server
-        raise AetoolError(f"Cannot open the storage {hide_password(url)}: "
+        raise AetoolError(f"Cannot open the storage {storage_name(url, runs_root)}: "
                           f"{first_line(exc)}") from None
+
+
+def open_study(config: SearchConfig, runs_root: Path, protocol: dict[str, Any]) -> GridStudy:
+    """The `GridStudy` of `config` in its storage (`open_storage`); a storage whose records
+    Optuna cannot replay is one sentence naming it."""
+    storage = open_storage(config.storage, runs_root)
+    try:
+        return GridStudy(config, storage, protocol)
+    except AetoolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Optuna replays damaged records with any error
+        raise AetoolError(f"Cannot read the study in the storage "
+                          f"{storage_name(config.storage, runs_root)}: "
+                          f"{type(exc).__name__}: {first_line(exc)}.") from None
 
 
 def _rdb_storage(url: str, tries: int = 4) -> Any:

@@ -50,6 +50,7 @@ from aetool.data import to_float
 from aetool.errors import AetoolError, first_line
 from aetool.models import SIDE, build_model
 from aetool.train.fast import make_train_epoch
+from aetool.train.fast.precision import Precision
 from aetool.train.step import evaluate
 
 # Called after every epoch with the number of model-epochs just finished (M for a batch).
@@ -115,7 +116,7 @@ def train_sequential(
         optimizer = torch.optim.Adam(
             model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        run_epoch = make_train_epoch(model, optimizer, images.device, mode)
+        run_epoch = make_train_epoch(model, optimizer, images.device, mode, config.precision)
         shuffle = torch.Generator().manual_seed(config.seed)
         train_images = images[job.train_index.to(images.device)]
         val_images = images[job.val_index.to(images.device)]
@@ -212,9 +213,10 @@ class StackedModels:
 
     Training calls run the module in training mode: each model's batch is normalised over its
     own images, and its running statistics (its slice of the stacked buffers) are updated.
-    Evaluation runs it in evaluation mode, with those statistics."""
+    Evaluation runs it in evaluation mode, with those statistics. Training's vmapped forward
+    pass runs under `precision`'s autocast (None: float32); evaluation is always float32."""
 
-    def __init__(self, models: Sequence[nn.Module]) -> None:
+    def __init__(self, models: Sequence[nn.Module], precision: Precision | None = None) -> None:
         params, self.buffers = stack_module_state(list(models))
         self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
         self.models = len(models)
@@ -223,6 +225,8 @@ class StackedModels:
 
         def loss(p: dict, b: dict, clean: torch.Tensor) -> torch.Tensor:
             return F.mse_loss(functional_call(training, (p, b), (clean,)), clean)
+
+        self.precision = precision or Precision()
 
         def reconstruct(p: dict, b: dict, clean: torch.Tensor) -> torch.Tensor:
             return functional_call(evaluating, (p, b), (clean,))
@@ -234,10 +238,12 @@ class StackedModels:
         """The training loss of every model (or of the models `which`) on its own batch, one
         batch per model in `clean` ((M, n, 1, 28, 28)); updates their running statistics."""
         if which is None:
-            return self._losses(self.params, self.buffers, clean)
+            with self.precision.autocast():
+                return self._losses(self.params, self.buffers, clean)
         params = {k: v[which] for k, v in self.params.items()}
         buffers = {k: v[which] for k, v in self.buffers.items()}
-        losses = self._losses(params, buffers, clean)
+        with self.precision.autocast():
+            losses = self._losses(params, buffers, clean)
         with torch.no_grad():  # the copies' updated statistics back into the stack
             for name, value in buffers.items():
                 self.buffers[name][which] = value
@@ -263,10 +269,11 @@ def _padded(indices: list[torch.Tensor], length: int) -> tuple[torch.Tensor, tor
 def _check_jobs(jobs: Sequence[TrainJob]) -> None:
     if not jobs:
         raise AetoolError("There are no models to train.")
-    shapes = {(job.config.ed, job.config.model, job.config.batch_size) for job in jobs}
+    shapes = {(job.config.ed, job.config.model, job.config.batch_size, job.config.precision)
+              for job in jobs}
     if len(shapes) > 1:
         raise AetoolError("Models trained together must share the encoding dimension, the "
-                          "model and the batch size.")
+                          "model, the batch size and the precision.")
     if any(job.train_index.numel() == 0 or job.val_index.numel() == 0 for job in jobs):
         raise AetoolError("Every model needs at least one training and one validation image.")
 
@@ -281,8 +288,12 @@ def train_batched(
     `train_sequential` up to rounding."""
     _check_jobs(jobs)
     device = images.device
-    stack = StackedModels([initial_model(job.config, device) for job in jobs])
     configs = [job.config for job in jobs]
+    precision = Precision(configs[0].precision, device)
+    if precision.scaler is not None:
+        raise AetoolError("Models trained together cannot train in precision '16-mixed'; "
+                          "use bf16-mixed or 32.")
+    stack = StackedModels([initial_model(job.config, device) for job in jobs], precision)
     optimizer = BatchedAdam(
         stack.params, [c.lr for c in configs], [c.weight_decay for c in configs]
     )
@@ -395,7 +406,7 @@ def train_models(
 ) -> list[Curves]:
     """The batched path for several models (when their model can be batched), the plain loop
     for one, and for models that cannot be batched (with a one-line warning saying why)."""
-    if len(jobs) == 1:
+    if len(jobs) == 1 or jobs[0].config.precision == "16-mixed":  # GradScaler: one at a time
         return train_sequential(jobs, images, epochs, progress)
     reason = unbatchable(jobs[0].config, images.device)
     if reason is not None:
@@ -421,7 +432,9 @@ def unbatchable(config: FitConfig, device: torch.device | str) -> str | None:
     images = torch.randint(0, 256, (13, 1, SIDE, SIDE), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
     index = torch.arange(13)
-    trial = replace(config, lr=TRIAL_LR, weight_decay=0.0, batch_size=TRIAL_BATCH)
+    # In float32: whether vmap can batch the model is the question, not bf16's rounding.
+    trial = replace(config, lr=TRIAL_LR, weight_decay=0.0, batch_size=TRIAL_BATCH,
+                    precision="32")
     jobs = [TrainJob(replace(trial, seed=config.seed + m), train, val)
             for m, (train, val) in enumerate([(index[:7], index[7:]), (index[:6], index[6:11])])]
     tf32 = torch.backends.cudnn.allow_tf32  # full float32 here: rounding is not the question

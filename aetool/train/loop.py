@@ -42,7 +42,7 @@ from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.models import build_model, count_parameters, parse_model_spec
 from aetool.train import budget
-from aetool.train.fast import make_train_epoch, resolve_mode
+from aetool.train.fast import make_train_epoch, resolve_mode, resolve_precision
 from aetool.train.step import (  # noqa: F401 (re-exported: they used to live here)
     BackwardFn,
     NoiseFn,
@@ -99,8 +99,9 @@ def _resolve_noise(spec: str | None) -> NoiseFn | None:
     return build_noise(spec)
 
 
-def _environment(device: torch.device, train_mode: str) -> dict[str, Any]:
+def _environment(device: torch.device, train_mode: str, precision: str) -> dict[str, Any]:
     return {
+        "precision": precision,  # the training's (evaluation is always float32)
         "aetool": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -211,6 +212,12 @@ def provenance(config: FitConfig) -> dict[str, Any]:
     return record
 
 
+def _with_resolved_precision(config: FitConfig, device: torch.device) -> FitConfig:
+    """The settings with `auto` precision made concrete (config.json records what ran);
+    `SettingError` for a precision the device cannot run (16-mixed off CUDA)."""
+    return replace(config, precision=resolve_precision(config.precision, device))
+
+
 def _with_resolved_dataset(config: FitConfig) -> FitConfig:
     """The settings with the data set as a registered name or an absolute path (what
     config.json records), after checking it exists and that `resize` suits it."""
@@ -240,7 +247,7 @@ def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, nois
                 device: torch.device, mode: str, on_epoch: EpochCallback | None) -> bool:
     """Train from where `t` stands to the end or an early stop; returns whether it stopped
     early. Each finished epoch goes to `writer` before `on_epoch` hears of it."""
-    run_epoch = make_train_epoch(t.model, t.optimizer, device, mode)
+    run_epoch = make_train_epoch(t.model, t.optimizer, device, mode, config.precision)
     t.mode = run_epoch.mode
     stopped_early = should_stop([r.val_loss for r in t.history], config.patience, config.tolerance)
     for epoch in range(len(t.history), config.max_epochs):
@@ -281,7 +288,7 @@ def _plan_time_budget(config: FitConfig, split: Split, device: torch.device, mod
     """The settings with `max_epochs` chosen so the whole run fits `config.time_budget`
     (`aetool.train.budget`), timed on a throwaway model before the run's own model exists."""
     probe = _start(replace(config, seed=config.seed + 1), device)
-    run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode)
+    run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode, config.precision)
     images = split.train.shape[0]
     batch = min(config.batch_size, images)
 
@@ -338,7 +345,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "test_images": int(split.test.shape[0]),
         "dataset_sha256": checksum,
         "parameters": count_parameters(t.model),
-        "environment": _environment(device, t.mode),
+        "environment": _environment(device, t.mode, config.precision),
         "provenance": provenance(config),
         "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
@@ -376,6 +383,7 @@ def fit(
     config = _with_checked_model(config)
     device = resolve_device(config.device)
     mode = resolve_mode(mode, device)
+    config = _with_resolved_precision(config, device)
     noise = noise if noise is not None else _resolve_noise(config.noise)
     if split is None:
         config = _with_resolved_dataset(config)
@@ -455,26 +463,26 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
         from aetool.search.grid import best_setting  # optuna loads only when needed
 
         model = parse_model_spec(overrides.get("model")).spec
-        best = best_setting(runs_root, overrides.get("ed") or FitConfig.ed, model)
+        ed = overrides.get("ed")  # None: the default; 0 is a (bad) value, not "not given"
+        best = best_setting(runs_root, FitConfig.ed if ed is None else ed, model)
         chosen = {k: v for k, v in overrides.items() if v is not None}
         overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen}
     config = preset_config(preset, **overrides)
     return replace(config, model=parse_model_spec(config.model).spec)
 
 
-def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig,
-                     weights: bool = True) -> None:
-    """Refuse to resume with settings other than the saved state's, or (`weights`) when the
-    best weights saved so far do not fit the model."""
+def _saved_settings(run_dir: Path, state: dict[str, Any]) -> FitConfig:
     try:
-        saved = FitConfig.from_dict(state.get("config", {}))
+        return FitConfig.from_dict(state.get("config", {}))
     except SettingError as exc:
         raise RunError(f"{run_dir / runs.STATE} holds bad settings: {exc}") from None
-    if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
+
+
+def _check_same_settings(run_dir: Path, saved: FitConfig, config: FitConfig) -> None:
+    if saved.precision != config.precision:
         raise RunError(
-            f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
-            f"decays over the {saved.max_epochs} epochs it was started with; resume without "
-            "a new max_epochs."
+            f"Cannot resume {run_dir} in precision {config.precision}: it was trained in "
+            f"{saved.precision}; resume in that precision (or without --precision)."
         )
     differ = settings_differ(saved, config)
     if differ:
@@ -482,7 +490,20 @@ def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig,
             f"Cannot resume {run_dir}: its settings differ in {', '.join(differ)}; "
             "resume with the same settings (or none: they are read from the run)."
         )
-    if weights and (run_dir / runs.MODEL).exists():  # the best so far, read again at the end
+
+
+def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
+    """Refuse to resume with settings other than the saved state's, or when the best weights
+    saved so far do not fit the model."""
+    saved = _saved_settings(run_dir, state)
+    if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
+        raise RunError(
+            f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
+            f"decays over the {saved.max_epochs} epochs it was started with; resume without "
+            "a new max_epochs."
+        )
+    _check_same_settings(run_dir, saved, config)
+    if (run_dir / runs.MODEL).exists():  # the best weights so far, read again at the end
         from aetool.models import load_weights
 
         load_weights(config.model, config.ed, run_dir / runs.MODEL)
@@ -502,7 +523,7 @@ def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
     if (run_dir / runs.STATE).is_file():  # a damaged config.json is found before any work
         state = runs.load_torch(run_dir / runs.STATE)
         if isinstance(state, dict):
-            _check_resumable(run_dir, state, config, weights=False)
+            _check_same_settings(run_dir, _saved_settings(run_dir, state), config)
     run = runs.Run(run_dir, asdict(config))
     if overrides.get("model") is None:
         try:

@@ -9,12 +9,15 @@ random order, the mean squared error against the clean images, one Adam step per
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from aetool.data import to_float
+
+if TYPE_CHECKING:  # aetool.train.fast imports this module
+    from aetool.train.fast.precision import Precision
 
 # A noise turns a clean float batch into a corrupted one, drawing randomness from `generator`.
 NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -30,7 +33,9 @@ def evaluate(
     noise: NoiseFn | None = None,
     generator: torch.Generator | None = None,
 ) -> float:
-    """Mean squared error per pixel between reconstructions and the clean uint8 `images`."""
+    """Mean squared error per pixel between reconstructions and the clean uint8 `images`.
+
+    Always in float32 (whatever precision the model was trained in), summed in float64."""
     was_training = model.training
     model.eval()
     # float64 keeps the sum exact over 10,000 images; MPS has no float64, so float32 there.
@@ -53,11 +58,15 @@ def train_epoch(
     noise: NoiseFn | None = None,
     noise_generator: torch.Generator | None = None,
     backward: BackwardFn | None = None,
+    precision: Precision | None = None,
 ) -> float:
     """One pass over `images` in a seeded random order; returns the mean training loss.
 
     `backward(inputs, clean, full_batch)` may replace the plain loss + backward of a step
-    (`aetool.train.fast` passes compiled or tuned kernels); the optimiser step stays here."""
+    (`aetool.train.fast` passes compiled or tuned kernels); the optimiser step stays here.
+    `precision` (`aetool.train.fast.precision.Precision`; None: float32) runs the forward pass under
+    its autocast (the loss is float32: autocast runs `mse_loss` in float32) and scales the
+    backward pass and step for `16-mixed`."""
     model.train()
     n = images.shape[0]
     order = torch.randperm(n, generator=shuffle).to(images.device, non_blocking=True)
@@ -67,14 +76,28 @@ def train_epoch(
         clean = to_float(images[idx])
         inputs = noise(clean, noise_generator) if noise is not None else clean
         if backward is None:
-            loss = F.mse_loss(model(inputs), clean)
+            loss = _loss(model, inputs, clean, precision)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if precision is None:
+                loss.backward()
+            else:
+                precision.backward(loss)
         else:
             loss = backward(inputs, clean, idx.numel() == batch_size)
-        optimizer.step()
+        if precision is None:
+            optimizer.step()
+        else:
+            precision.step(optimizer)
         total += loss.detach() * idx.numel()
     return (total / n).item()
+
+
+def _loss(model: torch.nn.Module, inputs: torch.Tensor, clean: torch.Tensor,
+          precision: Precision | None) -> torch.Tensor:
+    if precision is None:
+        return F.mse_loss(model(inputs), clean)
+    with precision.autocast():
+        return F.mse_loss(model(inputs), clean)
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:

@@ -18,6 +18,8 @@ Modes:
   learning rate in a device tensor) captured once in a CUDA graph and replayed for every full
   batch; batches are gathered from the device-resident images into a static buffer, and a last
   partial batch runs eagerly.
+- Every mode runs in the precision it is given (`aetool.train.fast.precision`: `32`, `bf16-mixed`,
+  `16-mixed` on CUDA but not in `graph` mode): the forward pass and loss under its autocast.
 - `auto`: `tuned` on CUDA and the CPU, `eager` on MPS. (`graph` becomes the CUDA default once
   `tests/test_fast.py -k graph` and `benchmarks/speed.py` have been run on a GPU.) On a
   2-core CPU `tuned` trained about 1.45x faster than `eager` and `compile` was slower than
@@ -32,11 +34,12 @@ convolutions, in place (`use_plain_layers` undoes the latter). Values, parameter
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 from aetool.train.fast.cpu import (
     SMALL_OUTPUT_CHANNELS,
     SmallOutputConvTranspose,
@@ -51,14 +54,15 @@ from aetool.train.fast.optim import (
     configure_optimizer,
     fused_supported,
 )
+from aetool.train.fast.precision import PRECISIONS, Precision, as_precision, resolve_precision
 from aetool.train.fast.tuned import EagerEpoch
 from aetool.train.step import train_epoch
 
 __all__ = [
-    "MODES", "SMALL_OUTPUT_CHANNELS", "EagerEpoch", "GraphEpoch", "LossFn",
-    "SmallOutputConvTranspose", "TrainEpochFn", "configure_optimizer", "conv_transpose_gemm",
-    "fused_supported", "make_train_epoch", "resolve_mode", "use_fast_cpu_layers",
-    "use_plain_layers",
+    "MODES", "PRECISIONS", "SMALL_OUTPUT_CHANNELS", "EagerEpoch", "GraphEpoch", "LossFn",
+    "Precision", "SmallOutputConvTranspose", "TrainEpochFn", "configure_optimizer",
+    "conv_transpose_gemm", "fused_supported", "make_train_epoch", "resolve_mode",
+    "resolve_precision", "use_fast_cpu_layers", "use_plain_layers",
 ]
 MODES = ("auto", "graph", "compile", "tuned", "eager")
 
@@ -81,20 +85,29 @@ def make_train_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device | str,
     mode: str = "auto",
+    precision: Precision | str | None = None,
 ) -> TrainEpochFn:
-    """A drop-in for `steps.train_epoch`, prepared for `model` and `optimizer` on `device`.
+    """A drop-in for `steps.train_epoch`, prepared for `model` and `optimizer` on `device`,
+    training in `precision` (a name of `PRECISIONS` or a `Precision`; None: `32`).
 
     The returned function has a `mode` attribute naming the mode it runs. It may be called with
     other model or optimizer objects; it then prepares again for those.
     """
     device = torch.device(device)
     mode = resolve_mode(mode, device)
+    precision = as_precision(precision, device)
     if mode == "eager":
-
-        return _Named(train_epoch, "eager")
+        if not precision.mixed:  # the reference itself
+            return _Named(train_epoch, "eager")
+        return _Named(functools.partial(train_epoch, precision=precision), "eager")
     if mode == "graph":
-        return GraphEpoch(model, optimizer, device)
-    return EagerEpoch(model, optimizer, device, compile_model=(mode == "compile"))
+        if precision.scaler is not None:
+            raise SettingError("precision", "precision '16-mixed' cannot run in training mode "
+                               "'graph' (its gradient scaler cannot be captured); use "
+                               "bf16-mixed or mode tuned.")
+        return GraphEpoch(model, optimizer, device, precision=precision.name)
+    return EagerEpoch(model, optimizer, device, compile_model=(mode == "compile"),
+                      precision=precision)
 
 
 class _Named:

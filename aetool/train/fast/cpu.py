@@ -77,7 +77,9 @@ def conv_transpose_gemm(
 def _fast_conv_transpose_forward(
     module: torch.nn.ConvTranspose2d, x: torch.Tensor, output_size: list[int] | None = None
 ) -> torch.Tensor:
-    if output_size is not None or x.device.type != "cpu" or x.dim() != 4:
+    # Under autocast (bf16-mixed) the plain layer runs, cast as autocast casts it.
+    if (output_size is not None or x.device.type != "cpu" or x.dim() != 4
+            or torch.is_autocast_enabled("cpu")):
         return torch.nn.ConvTranspose2d.forward(module, x, output_size)
     return SmallOutputConvTranspose.apply(
         x, module.weight, module.bias, tuple(module.padding), tuple(module.output_padding)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from aetool.data import to_float
 from aetool.errors import AetoolError, first_line
 from aetool.train.fast.optim import configure_optimizer, is_adam_family
+from aetool.train.fast.precision import Precision
 from aetool.train.fast.tuned import EagerEpoch
 from aetool.train.step import NoiseFn
 
@@ -33,13 +34,17 @@ class GraphEpoch:
     The graph is captured again when the batch size, the noise setting, or the identity of the
     parameters or optimizer-state tensors change (e.g. after `optimizer.load_state_dict`).
     If capturing fails (a model with an operation that cannot be captured), it warns once and
-    carries on in `tuned` mode.
+    carries on in `tuned` mode. With `precision` `bf16-mixed` the forward pass runs under
+    autocast inside the captured region, with autocast's weight cache off (cached casts would
+    go stale between replays); `16-mixed` is refused (its gradient scaler cannot be captured).
     """
 
     WARMUP_STEPS = 3
+    precision = Precision()  # float32 unless __init__ is given another
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+        precision: str = "32",
     ) -> None:
         if device.type != "cuda":
             raise AetoolError(f"Training mode 'graph' needs a CUDA device, not {device.type}.")
@@ -48,6 +53,9 @@ class GraphEpoch:
                 f"Training mode 'graph' needs Adam or AdamW, not {type(optimizer).__name__}."
             )
         self.device = device
+        self.precision = Precision(precision, device, cache_enabled=False)
+        if self.precision.scaler is not None:
+            raise AetoolError("Training mode 'graph' cannot run in precision '16-mixed'.")
         self.total = torch.zeros((), device=device)
         self._bind(model, optimizer)
 
@@ -120,7 +128,8 @@ class GraphEpoch:
         else:
             clean = to_float(self.static["images"])
             inputs = clean
-        return F.mse_loss(self.model(inputs), clean)
+        with self.precision.autocast():
+            return F.mse_loss(self.model(inputs), clean)
 
     def _captured_step(self, batch_size: int, with_noise: bool) -> None:
         """The step the graph holds: forward, backward, Adam, and the loss added to the total.
@@ -171,7 +180,8 @@ class GraphEpoch:
                 stacklevel=3,
             )
             self.graph, self.mode = None, "tuned"
-            self.fallback = EagerEpoch(self.model, self.optimizer, self.device)
+            self.fallback = EagerEpoch(self.model, self.optimizer, self.device,
+                                       precision=self.precision.name)
 
     # ---- the epoch
 
@@ -180,7 +190,8 @@ class GraphEpoch:
         clean: torch.Tensor,
         inputs: torch.Tensor,
     ) -> None:
-        loss = F.mse_loss(self.model(inputs), clean)
+        with self.precision.autocast():
+            loss = F.mse_loss(self.model(inputs), clean)
         self.optimizer.zero_grad(set_to_none=False)  # keep the graph's gradient tensors
         loss.backward()
         self.optimizer.step()

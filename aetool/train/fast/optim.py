@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from aetool.train.fast.precision import Precision
+
 # train_epoch(model, optimizer, images, batch_size, shuffle, noise=None, noise_generator=None)
 TrainEpochFn = Callable[..., float]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,8 +69,13 @@ def to_channels_last(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
                 state[key] = value.contiguous(memory_format=torch.channels_last)
 
 
-def reconstruction_loss(model: torch.nn.Module) -> LossFn:
+def reconstruction_loss(model: torch.nn.Module, precision: Precision | None = None) -> LossFn:
+    """The training loss of `model`, its forward pass under `precision`'s autocast (the loss
+    itself is float32: autocast runs `mse_loss` in float32)."""
     def loss(inputs: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(model(inputs), clean)
+        if precision is None:
+            return F.mse_loss(model(inputs), clean)
+        with precision.autocast():
+            return F.mse_loss(model(inputs), clean)
 
     return loss

@@ -16,6 +16,7 @@ from aetool.train.fast.optim import (
     reconstruction_loss,
     to_channels_last,
 )
+from aetool.train.fast.precision import Precision, as_precision
 from aetool.train.step import NoiseFn, train_epoch
 
 
@@ -30,8 +31,10 @@ class EagerEpoch:
         compile_model: bool = False,
         fast_layers: bool = True,
         fused_adam: bool = True,
+        precision: Precision | str | None = None,
     ) -> None:
         self.device = device
+        self.precision = as_precision(precision, device)
         self.fast_layers = fast_layers
         self.fused_adam = fused_adam
         self.compile_model = compile_model
@@ -42,7 +45,7 @@ class EagerEpoch:
 
     def _prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
-        self.eager_loss = reconstruction_loss(model)
+        self.eager_loss = reconstruction_loss(model, self.precision)
         self.loss = self.eager_loss
         if self.compile_model:
             try:
@@ -69,13 +72,13 @@ class EagerEpoch:
             try:
                 loss = self.loss(inputs, clean)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.precision.backward(loss)
                 return loss
             except Exception as exc:  # noqa: BLE001 - compilation errors surface on first use
                 self._give_up_compiling(exc)
         loss = self.eager_loss(inputs, clean)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
         return loss
 
     def __call__(
@@ -99,4 +102,5 @@ class EagerEpoch:
             configure_optimizer(optimizer, fused=self.fused_adam and fused_supported(images.device))
 
         return train_epoch(model, optimizer, images, batch_size, shuffle, noise,
-                           noise_generator, backward=self._loss_and_backward)
+                           noise_generator, backward=self._loss_and_backward,
+                           precision=self.precision)
