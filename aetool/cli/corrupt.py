@@ -131,16 +131,21 @@ def corrupt(
                     "skipped": [vars(entry) for entry in skipped]})
         finish(skipped)
         return
+    print_saved(records, {t.name: t.spec for t in targets}, bool(checkpoint) and output is None)
+    finish(skipped)
+
+
+def print_saved(records: list[dict[str, Any]], specs: dict[str, str], unsaved: bool) -> None:
+    """The noise tables side by side and where each was saved, on stderr."""
     if records:
-        stderr.print(side_by_side(records, {t.name: t.spec for t in targets}))
+        stderr.print(side_by_side(records, specs))
     for record in records:
         if record["folder"] is not None:
             stderr.print(f"Saved noise_table.json"
                          f"{' and ' + record['examples'] if record['examples'] else ''} "
                          f"in [bold]{escape(str(record['folder']))}[/]", highlight=False)
-    if checkpoint and output is None:
+    if unsaved:
         stderr.print("Nothing saved for --checkpoint models; pass --output DIR to keep them.")
-    finish(skipped)
 
 
 def side_by_side(records: list[dict[str, Any]], specs: dict[str, str] | None = None) -> Table:

@@ -189,11 +189,16 @@ def search(
     if json_output:
         print_json(results)
     else:
-        for ed_key, entry in results["eds"].items():
-            stderr.print(results_table(int(ed_key), entry, config.model))
-        stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
-                     f"[bold]{escape(results['study']['name'])}[/] in "
-                     f"{escape(str(results['study']['storage']))}")
+        print_results(results, root, config.model)
+
+
+def print_results(results: dict[str, Any], root: Path, model: str) -> None:
+    """One table per ED and where the results and the study are, on stderr."""
+    for ed_key, entry in results["eds"].items():
+        stderr.print(results_table(int(ed_key), entry, model))
+    stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
+                 f"[bold]{escape(results['study']['name'])}[/] in "
+                 f"{escape(str(results['study']['storage']))}")
 
 
 def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,

@@ -153,6 +153,12 @@ def study(
         print_json(summary)
         finish(skipped)
         return
+    print_summary(summary)
+    finish(skipped)  # runs a stage could not load: a warning each, then exit 1
+
+
+def print_summary(summary: dict) -> None:
+    """The study's wall time per stage, its time plan and where the report is, on stderr."""
     table = Table(title="aetool study: wall time per stage")
     for column in ("stage", "seconds", "computed", "already there"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
@@ -170,4 +176,3 @@ def study(
                      f"{len(plan['fits'])} fits, {duration_text(plan['rest_seconds'])} kept "
                      "for corrupt, embed and report.")
     stderr.print(f"Report: [bold]{escape(summary['report'])}[/]")
-    finish(skipped)  # runs a stage could not load: a warning each, then exit 1
