@@ -254,3 +254,13 @@ def test_the_public_api_is_importable_from_aetool():
         assert getattr(aetool, name) is not None, name
     with pytest.raises(AttributeError):
         aetool.no_such_name  # noqa: B018
+
+
+def test_the_wheel_ships_every_package():
+    """pyproject.toml lists packages by hand: a new package must be added there."""
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(aetool(?:\.\w+)*)"', pyproject.split("packages = [", 1)[1]
+                            .split("]", 1)[0]))
+    present = {".".join(p.parent.relative_to(PACKAGE.parent).parts)
+               for p in PACKAGE.rglob("__init__.py")}
+    assert sorted(present - listed) == [] and sorted(listed - present) == ["aetool.templates"]
