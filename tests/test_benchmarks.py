@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_accuracy_trains_reuses_and_refuses_other_settings(
 def test_speed_times_the_plain_loop_and_aetool(fake_data_dir, capsys, tmp_path):
     speed = load_script("speed")
     args = ["--device", "cpu", "--epochs", "1", "--batch-size", "100", "--modes", "auto,eager",
-            "--data-dir", str(fake_data_dir), "--json", "--results", str(tmp_path)]
+            "--data-dir", str(fake_data_dir), "--json", "--results", str(tmp_path), "--allow-busy"]
     assert speed.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     text = json.dumps(result)
@@ -71,7 +72,7 @@ def test_search_speed_times_sequential_and_vmap(fake_data_dir, capsys, tmp_path,
     search_speed = load_script("search_speed")
     args = ["--device", "cpu", "--images", "90", "--batch-size", "30", "--val-size", "100",
             "--parallel", "27",
-            "--json", "--results", str(tmp_path)]
+            "--json", "--results", str(tmp_path), "--allow-busy"]
     search_speed.main(args)
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{"):])
@@ -113,7 +114,7 @@ def test_model_speed_times_every_model_in_one_process(fake_data_dir, capsys, tmp
     args = ["--model", "course", "--model", "wide:width=8,hidden=64", "--epochs", "2",
             "--threads", "1",
             "--device", "cpu", "--data-dir", str(fake_data_dir), "--val-size", "100",
-            "--batch-size", "100", "--json", "--results", str(tmp_path)]
+            "--batch-size", "100", "--json", "--results", str(tmp_path), "--allow-busy"]
     assert model_speed.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in result["rows"]] == ["course",
@@ -174,3 +175,54 @@ def test_time_budget_merges_earlier_files_into_one_curve(tmp_path, monkeypatch):
     other = earlier("other.json", "2026-11-28T06:00:00Z", [("2m", 120.0, 0.03)], ed=4)
     with pytest.raises(SystemExit, match="different EDs"):
         time_budget.main(["--merge", str(early), str(other), "--results", ""])
+
+
+def test_roofline_reports_flops_floor_and_measured_epoch(capsys, tmp_path):
+    roofline = load_script("roofline")
+    args = ["--device", "cpu", "--threads", "1", "--models", "course", "--batch-size", "16",
+            "--timed-images", "32", "--gemm-size", "64", "--gemm-reps", "1", "--json",
+            "--results", str(tmp_path), "--allow-busy"]
+    assert roofline.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["precision"]) for r in result["rows"]] == [
+        ("course", "32"), ("course", "bf16-mixed")]
+    for r in result["rows"]:
+        assert r["flops_per_step"] > 0 and r["gemm_flops_per_second"] > 0
+        assert r["floor_seconds_per_epoch"] == pytest.approx(
+            r["flops_per_step"] / 16 * 60_000 / r["gemm_flops_per_second"])
+        assert r["ratio"] == pytest.approx(r["measured_seconds_per_epoch"]
+                                           / r["floor_seconds_per_epoch"])
+    assert result["rows"][0]["flops_per_step"] == result["rows"][1]["flops_per_step"]
+    assert_result_file(tmp_path, "roofline-cpu-", "roofline.py", args, result)
+    env = json.loads(next(tmp_path.iterdir()).read_text())["environment"]
+    assert len(env["load_average_at_start"]) == 3 and env["busy"] == result["busy"]
+
+
+def test_speed_benchmarks_refuse_a_busy_machine(tmp_path, monkeypatch, capsys):
+    roofline = load_script("roofline")
+    record = sys.modules["record"]  # the sibling module the script imported
+    monkeypatch.setattr(record, "load_average", lambda: [3.0, 2.0, 1.0])
+    with pytest.raises(SystemExit) as info:
+        roofline.main(["--results", str(tmp_path)])
+    assert info.value.code == 2 and "busy" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(record, "load_average", lambda: [0.1, 0.2, 0.3])
+    assert record.check_idle(False) is False
+
+
+def test_precision_check_smoke_compares_32_and_bf16(fake_data_dir, capsys, tmp_path):
+    check = load_script("precision_check")
+    args = ["--smoke", "--device", "cpu", "--data-dir", str(fake_data_dir), "--json",
+            "--results", str(tmp_path)]
+    assert check.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["ed"]) for r in result["rows"]] == [
+        ("course", 4), ("wide:width=8,hidden=32", 4)]
+    for r in result["rows"]:
+        fp32, bf16 = r["runs"]["32"]["test_mse"], r["runs"]["bf16-mixed"]["test_mse"]
+        assert r["relative_gap"] == pytest.approx(bf16 / fp32 - 1)
+        assert r["within_1_percent"] == (abs(r["relative_gap"]) <= 0.01)
+    assert_result_file(tmp_path, "precision_check-", "precision_check.py", args, result)
+    with pytest.raises(SystemExit) as info:
+        check.main(["--help"])
+    assert info.value.code == 0 and "--smoke" in capsys.readouterr().out

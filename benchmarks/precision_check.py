@@ -1,0 +1,125 @@
+"""Accuracy check of `bf16-mixed`: test MSE against `32` at equal epochs, per built-in model.
+
+Trains each model (course and wide, each with its batch size) at each ED (4 and 32) in both
+precisions, with the same preset, seed and number of epochs, through `aetool.train.loop.fit` on
+real MNIST (validation carved from the training split, the test set untouched until the end),
+and reports each pair's test MSEs, the relative gap (bf16 / fp32 - 1) and whether it is
+within 1%. `aetool.train.fast.precision.AUTO_BF16_CHECKED` may become True only once a committed
+result file shows every pair within 1%.
+
+    python benchmarks/precision_check.py --epochs 20            # a real check (hours on a CPU)
+    python benchmarks/precision_check.py --smoke                # seconds, fake data, for tests
+
+Each run writes `benchmarks/results/precision_check-<date>.json` (`--results DIR` elsewhere,
+`--results ''` not at all), through benchmarks/record.py. Runs go to `--workspace` (default:
+a temporary folder); a finished run there is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from aetool.devices import resolve_device
+from aetool.errors import AetoolError
+from aetool.train import loop as training
+from aetool.train.fast.precision import native_bf16
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record import RESULTS_DIR, save_result  # noqa: E402 (sibling)
+
+BATCH = {"course": 1000, "wide": 128}
+WITHIN = 0.01  # bf16-mixed's test MSE may be at most 1% above (or below) float32's
+PRECISIONS = ("32", "bf16-mixed")
+
+
+def train(model: str, ed: int, precision: str, args: argparse.Namespace,
+          workspace: Path) -> dict:
+    """Fit (or reuse) one run; its test MSE and time."""
+    batch = args.batch_size or BATCH[model.split(":")[0]]
+    config = training.run_config(args.preset, ed=ed, model=model, precision=precision,
+                                 max_epochs=args.epochs, batch_size=batch, seed=args.seed,
+                                 device=args.device, val_size=args.val_size)
+    name = f"precision-{model.split(':')[0]}-ed{ed}-{precision}"
+    print(f"{model} ED {ed} {precision}: training {args.epochs} epochs", file=sys.stderr,
+          flush=True)
+    result = training.fit_run(config, workspace, name, existing="continue",
+                              data_dir=args.data_dir)
+    return {"test_mse": result.test_mse, "epochs": len(result.history),
+            "train_seconds": result.seconds, "batch_size": batch}
+
+
+def compare(model: str, ed: int, args: argparse.Namespace, workspace: Path) -> dict:
+    runs = {p: train(model, ed, p, args, workspace) for p in PRECISIONS}
+    fp32, bf16 = runs["32"]["test_mse"], runs["bf16-mixed"]["test_mse"]
+    gap = bf16 / fp32 - 1
+    return {"model": model, "ed": ed, "epochs": args.epochs, "runs": runs,
+            "relative_gap": gap, "within_1_percent": abs(gap) <= WITHIN,
+            "speedup": runs["32"]["train_seconds"] / max(runs["bf16-mixed"]["train_seconds"],
+                                                         1e-9)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="course,wide", help="comma-separated model specs")
+    parser.add_argument("--eds", default="4,32", help="comma-separated encoding dimensions")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of every run")
+    parser.add_argument("--preset", default="best")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="one batch size for every model (default: course 1000, wide 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-size", type=int, default=10_000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=None, help="data root (default: aetool's cache)")
+    parser.add_argument("--workspace", default=None, help="runs folder (default: temporary)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds: 1 epoch, ED 4, course and a narrow wide, batch "
+                        "100, 100 validation images (for the tests, with --data-dir)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--results", default=str(RESULTS_DIR),
+                        help="folder for the results file ('' for none)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.models, args.eds, args.epochs = "course,wide:width=8,hidden=32", "4", 1
+        args.batch_size, args.val_size = 100, 100
+    models = _split_specs(args.models)
+    eds = [int(e) for e in args.eds.split(",")]
+    with tempfile.TemporaryDirectory() as temp:
+        workspace = Path(args.workspace or temp)
+        rows = [compare(m, ed, args, workspace) for m in models for ed in eds]
+    device = resolve_device(args.device)
+    results = {"rows": rows, "all_within_1_percent": all(r["within_1_percent"] for r in rows),
+               "preset": args.preset, "smoke": args.smoke,
+               "native_bf16": native_bf16(device)}  # else bf16 is emulated: slow
+    for r in rows:
+        print(f"{r['model']:>8} ED {r['ed']:>2}: 32 {r['runs']['32']['test_mse']:.5f} "
+              f"bf16-mixed {r['runs']['bf16-mixed']['test_mse']:.5f} ({r['relative_gap']:+.2%}"
+              f", {'within' if r['within_1_percent'] else 'OUTSIDE'} 1%)",
+              file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    save_result("precision_check", "precision_check.py", results, args.results, device, argv)
+    return 0
+
+
+def _split_specs(text: str) -> list[str]:
+    """Model specs separated by commas, where a spec's own parameters also use commas: a new
+    spec starts at a word without '='."""
+    specs: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part and ":" not in part and specs:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except AetoolError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
