@@ -13,7 +13,7 @@ From a plugin's own pytest suite:
 
 `check_model(spec)`: the contract (shapes, `encode` width equal to ED, outputs in [0, 1]),
 determinism under a seed, a state_dict round trip through a checkpoint file, every training
-mode against eager within the tolerances the README states, batched training (`vmap`, what
+mode against eager within the tolerances docs/benchmarks.md states, batched training (`vmap`, what
 `aetool search` does) against one at a time, and evaluation-mode consistency. `check_noise(spec)`:
 output shape, finite values (and whether they stay in [0, 1]), the input left untouched,
 determinism under a generator's seed, and the parameters' bounds. `check_dataset(name_or_path)`:

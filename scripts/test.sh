@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment with aetool, its test tools, the PostgreSQL driver and the example
-# plugin, start a throwaway PostgreSQL server where one can be had, then run the test suite.
+# plugin, start a throwaway PostgreSQL server where one can be had, then run the test suite and
+# build the documentation site (mkdocs build --strict).
 # Used by the README's quick start and by CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,10 @@ PY=${PYTHON:-python3}
 # The driver for the PostgreSQL tests; without it they skip and say so.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[postgres]' \
   || echo "aetool[postgres] could not be installed; the PostgreSQL tests will skip" >&2
+# The documentation site's tools (mkdocs, Material, mkdocstrings); without them (no network) the
+# site build after the tests is skipped and says so, and under CI=true it fails.
+DOCS_TOOLS=1
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[docs]' || DOCS_TOOLS=""
 
 APT_UPDATED=""
 apt_update() { [ -n "$APT_UPDATED" ] || { apt-get update -qq && APT_UPDATED=1; }; }
@@ -92,7 +97,23 @@ if ! start_postgres; then
   echo "No PostgreSQL for the tests ($PG_REASON); tests/test_postgres.py will skip" >&2
 fi
 
-.venv/bin/python -m ruff check aetool tests benchmarks plugins
+.venv/bin/python -m ruff check aetool tests benchmarks plugins scripts
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
+
+# The documentation site, built with --strict into a temporary folder: a broken link or anchor,
+# a missing page or a page left out of mkdocs.yml's navigation fails the run.
+if [ -n "$DOCS_TOOLS" ]; then
+  SITE=$(mktemp -d /tmp/aetool-site.XXXXXX)
+  NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --quiet -d "$SITE" \
+    || { echo "mkdocs build --strict failed (see above)" >&2; status=1; }
+  rm -rf "$SITE"
+elif [ "${CI:-}" = true ]; then
+  echo "aetool[docs] could not be installed (no network?), so the documentation site was not" \
+       "built; under CI=true that fails" >&2
+  status=1
+else
+  echo "aetool[docs] could not be installed (no network?); the documentation site build is" \
+       "skipped" >&2
+fi
 exit "$status"

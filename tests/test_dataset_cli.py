@@ -201,12 +201,12 @@ def test_an_unknown_name_lists_the_registered_ones(tmp_path):
 
 
 def test_the_npz_example_in_the_readme_works(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
     section = readme[readme.index("## Your own data"):]
     script = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)
     namespace = {"np": np}
-    exec(compile(script, "README.md", "exec"), namespace)
+    exec(compile(script, "docs/datasets.md", "exec"), namespace)
     npz = next(tmp_path.glob("*.npz"))
     from aetool.data import load_dataset
 

@@ -1,6 +1,7 @@
-"""The plugin docs cannot drift from the code: every hook in `aetool.plugins.hookspecs` has a README
-heading with its exact signature, the fields of `Noise` and `NoiseParam` and the random-number
-helpers are listed as the code has them, and the README's minimal plugin works as printed."""
+"""The plugin docs cannot drift from the code: every hook in `aetool.plugins.hookspecs` has a
+heading in docs/plugins.md with its exact signature, the fields of `Noise` and `NoiseParam` and the
+random-number helpers are listed as the code has them, and the guide's minimal plugin works as
+printed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from aetool import noises, plugins
 from aetool.noises import Noise, NoiseParam, build_noise, registered_noises
 from aetool.plugins import hookspecs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def hook_specs() -> list[types.FunctionType]:
@@ -30,7 +31,7 @@ def hook_specs() -> list[types.FunctionType]:
 def plugin_section() -> str:
     text = README.read_text()
     start = text.find("Writing a noise plugin")
-    assert start >= 0, "README.md has no 'Writing a noise plugin' section"
+    assert start >= 0, "docs/plugins.md has no 'Writing a noise plugin' section"
     return text[start:]
 
 
@@ -44,9 +45,9 @@ def test_every_hook_is_documented_with_its_exact_signature(hook):
     section = plugin_section()
     heading = f"{hook.__name__}{inspect.signature(hook)}"
     headings = re.findall(r"^#+ +(.+?) *$", section, flags=re.MULTILINE)
-    assert heading in headings, f"README.md needs a heading '{heading}' under the plugin docs"
+    assert heading in headings, f"docs/plugins.md needs a heading '{heading}' under the plugin docs"
     summary = inspect.getdoc(hook).splitlines()[0]
-    assert summary in section, f"README.md should describe {hook.__name__}: {summary!r}"
+    assert summary in section, f"docs/plugins.md should describe {hook.__name__}: {summary!r}"
 
 
 def test_hooks_have_one_line_docstrings():
@@ -58,7 +59,7 @@ def test_the_readme_example_plugin_works():
     blocks = re.findall(r"```python\n(.*?)```", plugin_section(), flags=re.DOTALL)
     source = next(block for block in blocks if "@hookimpl" in block)
     module = types.ModuleType("aetool_readme_example")
-    exec(compile(source, "README.md", "exec"), module.__dict__)
+    exec(compile(source, "docs/plugins.md", "exec"), module.__dict__)
     plugins.load_plugins()
     plugins.pm.register(module, name="readme-example")
     try:

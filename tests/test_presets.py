@@ -11,7 +11,7 @@ import pytest
 
 from aetool.train.loop import DEFAULT_PRESET, fit, learning_rate, preset_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "fit.md"
 
 
 def test_the_best_preset_is_the_readme_s_recipe():
@@ -23,7 +23,7 @@ def test_the_best_preset_is_the_readme_s_recipe():
     # ... and the README states those same values
     text = " ".join(README.read_text().split())
     sentence = re.search(r"The defaults \(`--preset best`\) are a recipe.*?\(1000\)", text)
-    assert sentence, "README.md no longer describes the best preset where it did"
+    assert sentence, "docs/fit.md no longer describes the best preset where it did"
     for stated in ("learning rate 1e-2", "weight decay 1e-5", "batch 128",
                    "a 3-epoch linear warm-up", "cosine decay of the learning rate to 0",
                    "(1000)", "no early stopping"):

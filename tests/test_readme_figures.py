@@ -1,4 +1,5 @@
-"""Every figure the README's Speed and Accuracy sections quote comes from a committed file.
+"""Every figure the docs' benchmark pages (and the README's CPU-build paragraph) quote comes
+from a committed file.
 
 The speed figures must match the result files that `benchmarks/speed.py` and
 `benchmarks/search_speed.py` wrote into `benchmarks/results/` (cited next to each table),
@@ -26,6 +27,7 @@ from aetool.train.loop import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
 
@@ -40,10 +42,11 @@ def load_benchmark(name: str):
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
-def section(start: str, end: str) -> str:
-    text = README.read_text()
-    assert start in text and end in text, (start, end)
-    return text[text.index(start) : text.index(end, text.index(start))]
+def section(page: Path, start: str, end: str | None = None) -> str:
+    """The text of `page` from `start` up to `end` (or to the end of the page)."""
+    text = page.read_text()
+    assert start in text and (end is None or end in text), (page, start, end)
+    return text[text.index(start) : text.index(end, text.index(start)) if end else None]
 
 
 def prose(markdown: str) -> str:
@@ -93,7 +96,7 @@ def cpu_words(environment: dict) -> list[str]:
 
 
 def test_speed_figures_match_the_committed_results():
-    text = section("\n## Speed\n", "### Accuracy against the report")
+    text = section(DOCS / "benchmarks.md", "\n## Speed\n", "## Accuracy against the report")
     checked: set[str] = set()
     batch1000 = cited(text, "speed-cpu-batch1000-")
     env, summary = batch1000["environment"], batch1000["results"]
@@ -150,7 +153,7 @@ def test_speed_figures_match_the_committed_results():
 
 
 def test_search_speed_figures_match_the_committed_results():
-    text = section("### Speed\n\nA grid is many small", "## Latent space")
+    text = section(DOCS / "benchmarks.md", "## Speed of the grid search\n\nA grid is many small")
     result = cited(text, "search_speed-cpu-")
     env, numbers = result["environment"], result["results"]["seconds_per_epoch"]
     assert f"`{env['command']}`" in text, "the README should show the command that was run"
@@ -181,7 +184,8 @@ def test_accuracy_figures_are_the_checkpoints_and_the_targets(real_mnist, seed_c
     """The report's column is each checkpoint's test MSE, recomputed here; the targets are 10%
     below it; aetool's own figures are quoted only with a cited result file."""
     accuracy = load_benchmark("accuracy")
-    text = section("### Accuracy against the report", "## Data")
+    text = section(DOCS / "benchmarks.md", "## Accuracy against the report",
+                   "## Speed of the grid search")
     rows = table_rows(text, "| ED | report's checkpoint |")
     assert [int(r[0]) for r in rows] == [4, 8, 16, 32]
     checked: set[str] = set()
@@ -255,7 +259,7 @@ def model_speed(text: str) -> set[str]:
 
 def test_cpu_install_figures_match_the_committed_results():
     """The sizes in "Without a GPU" (issue 15) come from benchmarks/install_size.py."""
-    text = section("### Without a GPU: PyTorch's CPU build", "## Commands")
+    text = section(README, "### Without a GPU: PyTorch's CPU build", "## Commands")
     result = cited(text, "install_size-")
     cuda, cpu = result["results"]["venvs"]["cuda"], result["results"]["venvs"]["cpu"]
     (wheel,) = result["results"]["wheels"].values()
@@ -276,7 +280,7 @@ def test_time_budget_figures_match_the_committed_results():
     accuracy = load_benchmark("accuracy")
     for ed, mse in REPORT_CHECKPOINT_MSE.items():
         assert f"{mse:.5f}" == f"{accuracy.REPORT_TEST_MSE[ed]:.5f}"
-    text = section("### Training to a time budget", "### The run folder")
+    text = section(DOCS / "fit.md", "## Training to a time budget", "## The run folder")
     if "benchmarks/results/time_budget-" not in text:
         assert unaccounted(text, set()) == []
         return
@@ -306,7 +310,8 @@ def test_time_budget_figures_match_the_committed_results():
 
 def test_search_workers_figures_match_the_committed_results():
     """`search --workers 2 --threads 1` against one worker with 2 threads (issue 15)."""
-    text = section("`tests/test_postgres.py` runs this recipe", "Without a database")
+    text = section(DOCS / "operations.md", "`tests/test_postgres.py` runs this recipe",
+                   "Without a database")
     if "benchmarks/results/search_workers-" not in text:
         assert unaccounted(text, set()) == []
         return

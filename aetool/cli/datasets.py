@@ -58,7 +58,7 @@ def datasets(ctx: typer.Context, data_dir: DataDirOption = None,
 
     Cached: whether the data cache (`--data-dir`) holds its files. Use them as
     `--dataset NAME`; `--dataset PATH` takes an image folder, an .npz file or a folder of IDX
-    files instead (see the README, "Your own data"). `aetool datasets check NAME|PATH` checks
+    files instead (see docs/datasets.md, "Your own data"). `aetool datasets check NAME|PATH` checks
     one.
     """
     if ctx.invoked_subcommand is not None:

@@ -2,7 +2,7 @@
 
 A plugin is any module or object with functions decorated by `hookimpl`, registered through
 the `aetool` entry point group (third-party packages) or `aetool.plugins.DEFAULT_PLUGINS`
-(the built-ins). README.md documents every hook here with its exact signature.
+(the built-ins). docs/plugins.md documents every hook here with its exact signature.
 """
 
 from pluggy import HookimplMarker, HookspecMarker
