@@ -139,3 +139,13 @@ def seed_checkpoints() -> Path:
     if not SEED_CHECKPOINTS.is_dir():
         pytest.skip(f"the seed report's checkpoints are not at {SEED_CHECKPOINTS}")
     return SEED_CHECKPOINTS
+
+
+@pytest.fixture()
+def one_thread():
+    """One CPU thread, for the tests that train several models: other test runs share this
+    machine (`pytestmark = pytest.mark.usefixtures("one_thread")` in their module)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

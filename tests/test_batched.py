@@ -24,14 +24,7 @@ from aetool.train.batched import (
 )
 from aetool.train.loop import FitConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: other test runs share this machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def test_batched_adam_matches_torch_adam_per_model():

@@ -43,13 +43,7 @@ TINY = ["--ed", "3", "--ed", "5", "--lr", "1e-2", "--lr", "1e-3", "--weight-deca
         "--limit", "200", "--max-loss", "1", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: other test runs share this machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest
 
 
 def tiny_config(storage: Path | None = None, **overrides) -> SearchConfig:
