@@ -96,7 +96,7 @@ def cpu_words(environment: dict) -> list[str]:
 
 
 def test_speed_figures_match_the_committed_results():
-    text = section(DOCS / "benchmarks.md", "\n## Speed\n", "## Accuracy against the report")
+    text = section(DOCS / "benchmarks.md", "\n## Speed\n", "### Roofline")
     checked: set[str] = set()
     batch1000 = cited(text, "speed-cpu-batch1000-")
     env, summary = batch1000["environment"], batch1000["results"]
@@ -149,6 +149,38 @@ def test_speed_figures_match_the_committed_results():
     assert eager == f"{small['eager']['ms_per_step']:.1f}"
     assert epoch == f"{small['tuned']['ms_per_step'] * math.ceil(50_000 / 128) / 1000:.1f}"
     checked.update(step.groups())
+    assert unaccounted(text, checked) == [], "figures without a result file behind them"
+
+
+def test_roofline_figures_match_the_committed_results():
+    """Every figure of the roofline table and its prose comes from the cited result file,
+    which was made on an idle machine."""
+    text = section(DOCS / "benchmarks.md", "### Roofline", "## Accuracy against the report")
+    roofline = cited(text, "roofline-cpu-")
+    env, rows = roofline["environment"], roofline["results"]["rows"]
+    assert env["busy"] is False and env["load_average_at_start"][0] < 0.5
+    assert f"load {env['load_average_at_start'][0]:.2f} at the start" in text
+    for word in cpu_words(env)[:1] + ["AVX2 only"]:
+        assert word in text
+    assert "avx512f" not in env["cpu"]["flags"] and "avx512_bf16" not in env["cpu"]["flags"]
+    checked = {f"{env['load_average_at_start'][0]:.2f}"}
+    table = table_rows(text, "| model, batch |")
+    assert len(table) == len(rows)
+    for cells, row in zip(table, rows, strict=True):
+        expected = [f"`{row['model']}`, {row['batch_size']}", f"`{row['precision']}`",
+                    f"{row['flops_per_step'] / 1e9:.2f}",
+                    f"{row['gemm_flops_per_second'] / 1e9:.1f} GFLOP/s",
+                    f"{row['floor_seconds_per_epoch']:.2f} s",
+                    f"{row['measured_seconds_per_epoch']:.2f} s", f"{row['ratio']:.1f}x"]
+        assert cells == expected
+        checked.update(re.findall(r"\d+\.\d+", " ".join(expected)))
+    rates = {row["precision"]: row["gemm_flops_per_second"] for row in rows}
+    assert f"({rates['32'] / rates['bf16-mixed']:.0f} times slower than float32)" in \
+        " ".join(text.split())
+    slowdown = [rows[i + 1]["measured_seconds_per_epoch"] / rows[i]["measured_seconds_per_epoch"]
+                for i in (0, 2)]
+    assert (f"take {slowdown[0]:.0f} (`course`) and {slowdown[1]:.0f} (`wide`) times as long"
+            in " ".join(text.split()))
     assert unaccounted(text, checked) == [], "figures without a result file behind them"
 
 
