@@ -15,6 +15,7 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -92,6 +93,24 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         warnings.warn(f"{old} is deprecated and goes in the next release; import {new} "
                       "instead.", DeprecationWarning, stacklevel=2)
         sys.modules[old] = importlib.import_module(new)
+
+
+def old_names(package: str, module: str) -> Callable[[str], Any]:
+    """The `__getattr__` of a package that took the place of a module of the same name
+    (`aetool.search`, `aetool.report`): the names that module had come from `module`, its new
+    home, with a DeprecationWarning naming it."""
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        home = importlib.import_module(module)
+        if not hasattr(home, name):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        warnings.warn(f"{package}.{name} is deprecated and goes in the next release; import "
+                      f"it from {module} instead.", DeprecationWarning, stacklevel=2)
+        return getattr(home, name)
+
+    return __getattr__
 
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):

@@ -32,6 +32,12 @@ class RunError(AetoolError):
     """A run folder is missing, incomplete, unreadable or in use."""
 
 
+def os_reason(exc: OSError) -> str:
+    """What the operating system said, in lower case for the middle of a sentence
+    (`PermissionError(13, 'Permission denied', '/x')` -> "permission denied")."""
+    return (exc.strerror or first_line(exc)).lower()
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): enough
     to say what went wrong in one sentence, without a library's paragraph of advice."""

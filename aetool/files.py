@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from aetool.errors import AetoolError, first_line
+from aetool.errors import AetoolError, first_line, os_reason
 
 
 def _no_follow() -> int:
@@ -26,8 +26,7 @@ def _no_follow() -> int:
 
 
 def _cannot_write(path: Path, exc: OSError) -> AetoolError:
-    reason = exc.strerror or first_line(exc)
-    return AetoolError(f"Cannot write {path}: {reason.lower()}.")
+    return AetoolError(f"Cannot write {path}: {os_reason(exc)}.")
 
 
 def write_atomic(path: Path, data: bytes) -> None:

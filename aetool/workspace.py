@@ -39,7 +39,7 @@ import filelock
 import torch
 
 from aetool.config import FitConfig
-from aetool.errors import AetoolError, RunError, SettingError
+from aetool.errors import AetoolError, RunError, SettingError, os_reason
 from aetool.files import jsonable, save_json, save_torch
 from aetool.files import load_json as _load_json
 from aetool.files import load_torch as _load_torch
@@ -232,7 +232,7 @@ def _lock_path_problem(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"cannot be read ({(exc.strerror or str(exc)).lower()})"
+        return f"cannot be read ({os_reason(exc)})"
     if stat.S_ISLNK(mode):
         return "is a symbolic link"
     if not stat.S_ISREG(mode):
@@ -277,7 +277,7 @@ class RunLock:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunError(f"Cannot create the workspace {self.root}: "
-                           f"{(exc.strerror or str(exc)).lower()}.") from None
+                           f"{os_reason(exc)}.") from None
         lock = self._lock_file()
         note = _read_note(self.note)
         if note.get("pid") not in (None, os.getpid()) and note.get("host") == _host() \
@@ -313,7 +313,7 @@ class RunLock:
                 raise RunError(self._in_use()) from None
             except OSError as exc:
                 problem = _lock_path_problem(self.path) or \
-                    f"cannot be opened ({(exc.strerror or str(exc)).lower()})"
+                    f"cannot be opened ({os_reason(exc)})"
                 raise RunError(f"Cannot lock {self.what}: {self.path} {problem}.") from None
             if fds and _same_file(self.path, fds[-1]):
                 return lock
@@ -678,7 +678,7 @@ def list_runs(root: Path | str | None = None, finished_only: bool = True,
         children = sorted(root.iterdir())
     except OSError as exc:
         raise RunError(f"Cannot read the workspace {root}: "
-                       f"{(exc.strerror or str(exc)).lower()}.") from None
+                       f"{os_reason(exc)}.") from None
     found = []
     for child in children:
         try:
@@ -688,7 +688,7 @@ def list_runs(root: Path | str | None = None, finished_only: bool = True,
             run = open_run(child)
         except (OSError, RunError) as exc:  # damaged, or a folder that cannot be read
             error = exc if isinstance(exc, RunError) else RunError(
-                f"Cannot read {child}: {(exc.strerror or str(exc)).lower()}.")
+                f"Cannot read {child}: {os_reason(exc)}.")
             if unreadable is None:
                 raise error from None
             unreadable.append(Unreadable(child.name, str(error)))

@@ -29,7 +29,7 @@ from rich.progress import (
 
 from aetool.config import PRESETS, SEED_MAX, SEED_RULE
 from aetool.data import check_dataset
-from aetool.errors import AetoolError, SettingError
+from aetool.errors import AetoolError, SettingError, os_reason
 
 stderr = Console(stderr=True)
 
@@ -197,8 +197,7 @@ def usage_error(exc: SettingError, options: dict[str, str]) -> typer.BadParamete
 
 def os_error_sentence(exc: OSError) -> str:
     """`PermissionError(13, 'Permission denied', '/x')` as "Cannot use /x: permission denied."."""
-    reason = (exc.strerror or type(exc).__name__).lower()
-    return f"Cannot use {exc.filename}: {reason}."
+    return f"Cannot use {exc.filename}: {os_reason(exc)}."
 
 
 def _show_warning(message: Any, category: type, filename: str, lineno: int,
