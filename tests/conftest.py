@@ -149,3 +149,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def fresh_plugins():
+    """A plugin manager reloaded from scratch, and reset again afterwards."""
+    from aetool import plugins
+
+    plugins.reset_plugins()
+    yield plugins.pm
+    plugins.reset_plugins()

@@ -328,13 +328,6 @@ def test_search_on_a_garbage_journal_exits_1_naming_it(fake_data_dir, workspace)
 
 
 @pytest.fixture()
-def fresh_plugins():
-    plugins.reset_plugins()
-    yield plugins.pm
-    plugins.reset_plugins()
-
-
-@pytest.fixture()
 def plugin_module(fresh_plugins, tmp_path, monkeypatch):
     """Install a plugin module with `source` as the only `aetool` entry point."""
     made = []

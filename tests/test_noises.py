@@ -77,14 +77,6 @@ class RaisingPlugin:
 
 
 @pytest.fixture()
-def fresh_plugins():
-    """A plugin manager reloaded from scratch, and reset again afterwards."""
-    plugins.reset_plugins()
-    yield plugins.pm
-    plugins.reset_plugins()
-
-
-@pytest.fixture()
 def throwaway_plugin():
     plugins.load_plugins()
     plugin = ThrowawayPlugin()
