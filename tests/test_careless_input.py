@@ -144,6 +144,14 @@ def test_seeds_outside_0_to_2_32_exit_2_before_any_data_is_read(command, value, 
     assert not workspace.exists()
 
 
+@pytest.mark.parametrize("command, value", [
+    (["models", "check", "course"], "-1"), (["models", "check", "course"], str(2**64)),
+    (["noises", "check", "gaussian"], "-1"), (["noises", "check", "gaussian"], str(2**64)),
+])
+def test_the_check_commands_take_the_same_seeds(command, value):
+    one_sentence(invoke(*command, "--seed", value), 2, "--seed", str(SEED_MAX))
+
+
 def test_the_library_refuses_such_seeds():
     from aetool.config import SEED_MAX as library_max
 

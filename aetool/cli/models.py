@@ -11,7 +11,14 @@ from rich.table import Table
 
 from aetool.cli.app import Typer, app, examples
 from aetool.cli.check_report import finish
-from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
+from aetool.cli.common import (
+    DeviceOption,
+    JsonOption,
+    handle_errors,
+    print_json,
+    seed_range,
+    stderr,
+)
 from aetool.cli.noises import params_cell, spec_callback, with_plugin_warnings
 
 
@@ -90,7 +97,8 @@ def check(
         "default: tuned, and graph on CUDA); compile compiles for 10-30 s, so it runs only "
         "when named.",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the models' weights and shuffling.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the models' weights and shuffling.",
+                                      callback=seed_range)] = 0,
     json_output: JsonOption = False,
 ) -> None:
     """Check a model against aetool's guarantees: one row per check, exit 1 when one fails.

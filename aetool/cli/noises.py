@@ -17,7 +17,14 @@ from rich.table import Table
 
 from aetool.cli.app import Typer, app, examples
 from aetool.cli.check_report import finish
-from aetool.cli.common import DeviceOption, JsonOption, handle_errors, print_json, stderr
+from aetool.cli.common import (
+    DeviceOption,
+    JsonOption,
+    handle_errors,
+    print_json,
+    seed_range,
+    stderr,
+)
 from aetool.errors import AetoolError
 from aetool.plugins import PluginWarning
 
@@ -134,7 +141,8 @@ def check(
         metavar="SPEC", help="The noise: NAME or NAME:param=value,... (one setting; see "
         "`aetool noises`).", callback=check_noise_option, show_default=False)],
     device: DeviceOption = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the noise's generator.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the noise's generator.",
+                                      callback=seed_range)] = 0,
     json_output: JsonOption = False,
 ) -> None:
     """Check a noise against aetool's guarantees: one row per check, exit 1 when one fails.
