@@ -9,6 +9,9 @@ result file shows every pair within 1%.
 
     python benchmarks/precision_check.py --epochs 20            # a real check (hours on a CPU)
     python benchmarks/precision_check.py --smoke                # seconds, fake data, for tests
+    python benchmarks/precision_check.py --models wide --train-images 5000 --epochs 10
+        # the same comparison on the first 5,000 training images of the usual split, where
+        # bf16 is emulated (a CPU without AVX512_BF16 or AMX) and whole epochs take too long
 
 Each run writes `benchmarks/results/precision_check-<date>.json` (`--results DIR` elsewhere,
 `--results ''` not at all), through benchmarks/record.py. Runs go to `--workspace` (default:
@@ -23,8 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from aetool.config import FitConfig
+from aetool.data import Split, load_dataset, split_train_val
 from aetool.devices import resolve_device
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 from aetool.train import loop as training
 from aetool.train.fast.precision import native_bf16
 
@@ -44,12 +49,30 @@ def train(model: str, ed: int, precision: str, args: argparse.Namespace,
                                  max_epochs=args.epochs, batch_size=batch, seed=args.seed,
                                  device=args.device, val_size=args.val_size)
     name = f"precision-{model.split(':')[0]}-ed{ed}-{precision}"
+    if args.train_images:
+        name += f"-{args.train_images}"
     print(f"{model} ED {ed} {precision}: training {args.epochs} epochs", file=sys.stderr,
           flush=True)
     result = training.fit_run(config, workspace, name, existing="continue",
-                              data_dir=args.data_dir)
+                              data_dir=args.data_dir, split=_fewer_images(config, args))
     return {"test_mse": result.test_mse, "epochs": len(result.history),
             "train_seconds": result.seconds, "batch_size": batch}
+
+
+def _fewer_images(config: FitConfig, args: argparse.Namespace) -> Split | None:
+    """The usual split (same validation and test images) with only the first
+    `--train-images` training images; None (the whole split) without the option."""
+    if not args.train_images:
+        return None
+    data = load_dataset(config.dataset, args.data_dir)
+    split = split_train_val(data, config.val_size, config.split_seed)
+    if not 0 < args.train_images <= split.train.shape[0]:
+        raise SettingError("train_images", f"--train-images must be from 1 to "
+                           f"{split.train.shape[0]}, got {args.train_images}.")
+    keep = slice(None, args.train_images)
+    labels = None if split.train_labels is None else split.train_labels[keep]
+    return Split(split.train[keep], split.val, split.test, labels, split.val_labels,
+                 split.test_labels)
 
 
 def compare(model: str, ed: int, args: argparse.Namespace, workspace: Path) -> dict:
@@ -73,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="train on the first N training images of the usual split (the "
+                        "validation and test images stay): for CPUs that emulate bf16")
     parser.add_argument("--data-dir", default=None, help="data root (default: aetool's cache)")
     parser.add_argument("--workspace", default=None, help="runs folder (default: temporary)")
     parser.add_argument("--smoke", action="store_true",
@@ -93,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     results = {"rows": rows, "all_within_1_percent": all(r["within_1_percent"] for r in rows),
                "preset": args.preset, "smoke": args.smoke,
+               "train_images": args.train_images,  # None: the whole training split
                "native_bf16": native_bf16(device)}  # else bf16 is emulated: slow
     for r in rows:
         print(f"{r['model']:>8} ED {r['ed']:>2}: 32 {r['runs']['32']['test_mse']:.5f} "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aetool.errors import AetoolError
+from aetool.errors import AetoolError, SettingError
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -226,3 +226,28 @@ def test_precision_check_smoke_compares_32_and_bf16(fake_data_dir, capsys, tmp_p
     with pytest.raises(SystemExit) as info:
         check.main(["--help"])
     assert info.value.code == 0 and "--smoke" in capsys.readouterr().out
+
+
+def test_precision_check_trains_on_the_first_n_images_of_the_usual_split(
+        fake_data_dir, capsys, tmp_path, monkeypatch):
+    check = load_script("precision_check")
+    seen = []
+    real_fit_run = check.training.fit_run
+
+    def spy(config, workspace, name, **options):
+        split = options["split"]
+        seen.append((name, split.train.shape[0], split.val.shape[0], split.test.shape[0]))
+        return real_fit_run(config, workspace, name, **options)
+
+    monkeypatch.setattr(check.training, "fit_run", spy)
+    args = ["--smoke", "--device", "cpu", "--data-dir",
+            str(fake_data_dir), "--json", "--results", "", "--train-images", "40"]
+    assert check.main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train_images"] == 40
+    # two models in both precisions, each on the same 40 training images and the same
+    # validation and test images as the whole split
+    assert [s[1:] for s in seen] == [(40, 100, seen[0][3])] * 4
+    assert all(s[0].endswith("-40") for s in seen)
+    with pytest.raises(SettingError, match="--train-images must be from 1"):
+        check.main(args[:-1] + ["100000"])
