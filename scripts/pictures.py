@@ -35,8 +35,8 @@ SCREENSHOT = "report.png"
 WINDOW = (1200, 1500)  # the screenshot's size in CSS pixels: the report's first sections
 
 # The study's settings (aetool.experiment.StudySettings): the real run, and a tiny one for tests.
-REAL = dict(eds=[4, 8], lrs=[1e-2, 3e-3], weight_decays=[1e-5], folds=2, search_epochs=2,
-            search_limit=6000, max_epochs=5, device="cpu", seed=0)
+REAL = dict(eds=[4, 8], lrs=[1e-2, 3e-3], weight_decays=[1e-5], folds=2, search_epochs=4,
+            search_limit=12000, max_epochs=5, device="cpu", seed=0)
 TINY = dict(eds=[2], lrs=[1e-2], weight_decays=[1e-5], folds=2, search_epochs=1,
             max_loss=1.0, max_epochs=1, val_size=100, device="cpu", seed=0,
             noises=["original", "gaussian:sigma=0.5", "occlusion"])
