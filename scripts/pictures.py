@@ -96,19 +96,20 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot(chromium: str, page: Path, target: Path, scratch: Path) -> None:
-    """A headless Chromium screenshot of `page`; Chromium's profile, cache and crash files go
-    into `scratch` (HOME too), so nothing is written outside it and `target`."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HOME": str(scratch), "XDG_CONFIG_HOME": str(scratch / "config"),
-           "XDG_CACHE_HOME": str(scratch / "cache")}
-    command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               "--no-first-run", "--disable-breakpad", "--force-device-scale-factor=1",
-               f"--user-data-dir={scratch / 'profile'}", f"--crash-dumps-dir={scratch}",
-               f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={target}",
-               page.resolve().as_uri()]
-    done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True,
-                          timeout=120)
+def screenshot(chromium: str, page: Path, target: Path) -> None:
+    """A headless Chromium screenshot of `page` into `target`. Chromium's profile, cache,
+    sockets and crash files go into a temporary folder (HOME and TMPDIR too, kept short: a
+    socket's path has at most 107 bytes), so nothing is written outside it and `target`."""
+    with tempfile.TemporaryDirectory(prefix="aetool-chromium-") as scratch:
+        env = {**os.environ, "HOME": scratch, "TMPDIR": scratch,
+               "XDG_CONFIG_HOME": f"{scratch}/config", "XDG_CACHE_HOME": f"{scratch}/cache"}
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                   "--no-first-run", "--disable-breakpad", "--force-device-scale-factor=1",
+                   f"--user-data-dir={scratch}/profile", f"--crash-dumps-dir={scratch}",
+                   f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={target.resolve()}",
+                   page.resolve().as_uri()]
+        done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True,
+                              timeout=120)
     if done.returncode != 0 or not target.is_file():
         raise RuntimeError(f"{chromium} made no screenshot of {page} (exit {done.returncode}): "
                            f"{done.stderr.strip()[-500:]}")
@@ -148,7 +149,7 @@ def make_pictures(out: Path, *, data_dir: Path | None = None, tiny: bool = False
             shutil.copyfile(source, out / name)
             pictures[name] = {"sha256": sha256(out / name), "shows": what, **made}
         if chromium is not None:
-            screenshot(chromium, work / "report.html", out / SCREENSHOT, Path(scratch) / "chrome")
+            screenshot(chromium, work / "report.html", out / SCREENSHOT)
             pictures[SCREENSHOT] = {
                 "sha256": sha256(out / SCREENSHOT),
                 "shows": f"`aetool report`'s page, the top {WINDOW[0]}x{WINDOW[1]} pixels, "
@@ -156,7 +157,8 @@ def make_pictures(out: Path, *, data_dir: Path | None = None, tiny: bool = False
         elif SCREENSHOT in old and (out / SCREENSHOT).is_file():
             pictures[SCREENSHOT] = old[SCREENSHOT]
     for name in set(old) - set(pictures):  # pictures this script made before, not made now
-        (out / name).unlink(missing_ok=True)
+        if Path(name).name == name:  # a plain file name in `out`, nothing elsewhere
+            (out / name).unlink(missing_ok=True)
     manifest = {"command": f"python {SCRIPT}", "pictures": dict(sorted(pictures.items()))}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

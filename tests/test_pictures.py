@@ -131,3 +131,20 @@ def test_the_script_makes_its_pictures_on_fake_data(tmp_path, fake_data_dir, cap
             assert record["settings"] == script.TINY and record["made_by"] == script.SCRIPT
             assert record["runs"]["ed2"]["dataset"] == "mnist"
             assert record["runs"]["ed2"]["test_mse"] > 0
+
+
+def test_the_screenshot_is_made_with_headless_chromium_where_it_is_here(tmp_path):
+    script = pictures_script()
+    chromium = script.find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed here")
+    page = tmp_path / "page.html"
+    page.write_text("<!doctype html><title>t</title><h1>aetool report</h1>")
+    target = tmp_path / "out" / "shot.png"
+    target.parent.mkdir()
+    script.screenshot(chromium, page, target)
+    png = target.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == script.WINDOW
+    assert sorted(p.name for p in target.parent.iterdir()) == ["shot.png"]
