@@ -2,8 +2,9 @@
 intact; every page in docs/ is in mkdocs.yml's navigation and every entry there is a page; the
 CLI reference (docs/cli.md) is what scripts/cli_reference.py generates from the app, with a
 section per command; every `aetool ...` line in a ```bash example parses against the real
-command line (or its block sits under `<!-- not run -->`); every link to a repository file
-resolves; and the README's plugin is the plugin guide's, which tests/test_plugin_docs.py runs.
+command line (or its block sits under `<!-- not run -->`); every relative link in the README
+and the pages resolves to a file, and its anchor to a heading; and the README's plugin is the
+plugin guide's, which tests/test_plugin_docs.py runs.
 (`mkdocs build --strict`, run by scripts/test.sh, checks links between pages and anchors.)"""
 
 from __future__ import annotations
@@ -131,16 +132,68 @@ def test_every_example_parses(path, line, tmp_path, monkeypatch):
 
 
 def relative_links(path: Path) -> list[str]:
+    """The links of a page to files and pages of the repository (`x.md`, `x.md#anchor`,
+    `#anchor`, `../benchmarks/results/x.json`), outside code; web and mail links left out."""
     text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
     links = re.findall(r"\]\(([^)\s]+)\)", text)
-    return [link.split("#")[0] for link in links
-            if not re.match(r"[a-z]+:", link) and not link.startswith("#")]
+    links += re.findall(r"""(?:href|src)=["']([^"']+)["']""", text)
+    return [link for link in links if not re.match(r"[a-z]+:", link)]
+
+
+def slug(heading: str) -> str:
+    """The anchor MkDocs (Python-Markdown's toc) gives a heading: its text without markup,
+    lower case, punctuation dropped, spaces and dashes run together into one dash."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link: its text
+    text = re.sub(r"[`*]", "", text).strip().lower()
+    text = re.sub(r"[^\w\s-]", "", text)
+    return re.sub(r"[-\s]+", "-", text).strip("-")
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors of a page's headings, outside code blocks."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    return {slug(h) for h in re.findall(r"^#{1,6} +(.+?) *#*$", text, flags=re.MULTILINE)}
+
+
+def test_slug_is_mkdocs_s():
+    assert slug("Training to a time budget") == "training-to-a-time-budget"
+    assert slug("Latent space: `aetool embed`") == "latent-space-aetool-embed"
+    assert slug("Names two packages share, and where a run came from") == (
+        "names-two-packages-share-and-where-a-run-came-from")
+    assert slug("Stopping, resuming and many workers") == "stopping-resuming-and-many-workers"
+
+
+def link_problems(path: Path) -> list[str]:
+    """Relative links of `path` that lead nowhere: no such file, or no such heading."""
+    problems = []
+    for link in relative_links(path):
+        target, _, anchor = link.partition("#")
+        where = (path.parent / target).resolve() if target else path
+        if not where.exists():
+            problems.append(f"{path.name} links to {link}: there is no {target}")
+        elif anchor and where.suffix == ".md" and anchor not in anchors(where):
+            problems.append(f"{path.name} links to {link}: {where.name} has no heading "
+                            f"#{anchor}")
+    return problems
 
 
 @pytest.mark.parametrize("path", [README, *PAGES], ids=lambda p: p.name)
-def test_every_link_to_a_file_resolves(path):
-    for link in relative_links(path):
-        assert (path.parent / link).exists(), f"{path.name} links to {link}, which is not there"
+def test_every_link_to_a_file_or_a_heading_resolves(path):
+    """MkDocs only notes (`validation.links.not_found: info`) a link to a repository file
+    outside docs/, and checks nothing in the README: this test does, anchors included."""
+    assert link_problems(path) == []
+
+
+def test_a_broken_link_or_anchor_is_found(tmp_path):
+    (tmp_path / "other.md").write_text("# Other page\n\n## A `code` heading\n")
+    page = tmp_path / "page.md"
+    page.write_text("[ok](other.md#a-code-heading) [here](#top) [ok too](other.md)\n"
+                    "[gone](missing.json) [no anchor](other.md#nope)\n\n# Top\n"
+                    "`[not a link](nowhere.md)`\n")
+    assert link_problems(page) == [
+        "page.md links to missing.json: there is no missing.json",
+        "page.md links to other.md#nope: other.md has no heading #nope"]
 
 
 def test_the_readme_plugin_is_the_plugin_guide_s():

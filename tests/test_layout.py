@@ -207,20 +207,69 @@ def test_no_function_over_60_lines_and_no_command_body_over_40():
     assert long == []
 
 
+def tree_entries(markdown: str, heading: str) -> list[tuple[str, ...]]:
+    """The entries of the ```text tree under `heading`, each as its path inside aetool/
+    (`("train/", "loop.py")`): a line is a name (`x.py` or `x/`) indented two spaces a level
+    below the package above it, then what it holds."""
+    text = markdown.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    tree = text.split("```text\naetool/\n", 1)[1].split("```", 1)[0]
+    entries: list[tuple[str, ...]] = []
+    parents: list[str] = []
+    for line in tree.splitlines():
+        match = re.fullmatch(r"((?:  )+)([\w]+(?:\.py|/)) +(\S.*)", line)
+        assert match, f"not a tree line (name, then what it holds): {line!r}"
+        level = len(match.group(1)) // 2
+        assert level <= len(parents) + 1, f"indented too far: {line!r}"
+        parents = parents[: level - 1]
+        entries.append((*parents, match.group(2)))
+        if match.group(2).endswith("/"):
+            parents.append(match.group(2))
+    assert len(entries) == len(set(entries)), "a name appears twice"
+    return entries
+
+
 def test_the_readme_tree_names_every_package_and_top_level_module():
     """"How the code is laid out" is a short tree: one line per top-level module or package of
     aetool/, each with what it holds; nothing missing, nothing stale."""
-    readme = (PACKAGE.parent / "README.md").read_text()
-    text = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
-    tree = text.split("```text\naetool/\n", 1)[1].split("```", 1)[0]
-    named = []
-    for line in tree.splitlines():
-        match = re.fullmatch(r"  ([\w]+(?:\.py|/)) +(\S.*)", line)
-        assert match, f"not a tree line (name, then what it holds): {line!r}"
-        named.append(match.group(1))
-    assert len(named) == len(set(named)), "a name appears twice"
-    assert sorted(top_level() - set(named)) == [], "modules the README's tree does not name"
-    assert sorted(set(named) - top_level()) == [], "names in the README's tree that are gone"
+    entries = tree_entries((PACKAGE.parent / "README.md").read_text(),
+                           "## How the code is laid out")
+    assert all(len(e) == 1 for e in entries), "the README's tree has one level"
+    named = {e[0] for e in entries}
+    assert sorted(top_level() - named) == [], "modules the README's tree does not name"
+    assert sorted(named - top_level()) == [], "names in the README's tree that are gone"
+
+
+def layout_page_problems(markdown: str) -> list[str]:
+    """What docs/layout.md's tree lacks (a top-level module, a package at any depth) or names
+    that is not there."""
+    entries = tree_entries(markdown, "## The tree")
+    named = {e[0] for e in entries if len(e) == 1}
+    packages = {tuple(f"{part}/" for part in p.parent.relative_to(PACKAGE).parts)
+                for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    missing = sorted(top_level() - named) + ["".join(p) for p in sorted(packages - set(entries))]
+    gone = ["".join(e) for e in entries if not (PACKAGE.joinpath(*e).is_file()
+                                                or PACKAGE.joinpath(*e, "__init__.py").is_file())]
+    return ([f"the layout page does not name {name}" for name in missing]
+            + [f"the layout page names {name}, which is gone" for name in gone])
+
+
+def test_the_layout_page_names_every_package_and_top_level_module():
+    """docs/layout.md's tree: every top-level module and every package (at any depth), and
+    only modules and packages that are there."""
+    assert layout_page_problems((PACKAGE.parent / "docs" / "layout.md").read_text()) == []
+
+
+def test_the_layout_check_sees_a_stale_or_missing_name():
+    page = ("\n## The tree\n\n```text\naetool/\n  train/   training\n    gone.py  was here\n"
+            "  fast/    not at the top\n```\n")
+    assert tree_entries(page, "## The tree") == [("train/",), ("train/", "gone.py"), ("fast/",)]
+    problems = layout_page_problems(page)
+    assert "the layout page does not name config.py" in problems
+    assert "the layout page does not name train/fast/" in problems
+    assert "the layout page names train/gone.py, which is gone" in problems
+    assert "the layout page names fast/, which is gone" in problems
+    with pytest.raises(AssertionError, match="not a tree line"):
+        tree_entries(page.replace("  train/   training", "  train/"), "## The tree")
 
 
 def test_old_import_paths_still_work_with_a_warning():
