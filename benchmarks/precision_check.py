@@ -42,13 +42,16 @@ PRECISIONS = ("32", "bf16-mixed")
 
 
 def train(model: str, ed: int, precision: str, args: argparse.Namespace,
-          workspace: Path) -> dict:
-    """Fit (or reuse) one run; its test MSE and time."""
+          workspace: Path, seed: int | None = None) -> dict:
+    """Fit (or reuse) one run (`args.seed` unless `seed` is given); its test MSE and time."""
     batch = args.batch_size or BATCH[model.split(":")[0]]
+    seed = args.seed if seed is None else seed
     config = training.run_config(args.preset, ed=ed, model=model, precision=precision,
-                                 max_epochs=args.epochs, batch_size=batch, seed=args.seed,
+                                 max_epochs=args.epochs, batch_size=batch, seed=seed,
                                  device=args.device, val_size=args.val_size)
     name = f"precision-{model.split(':')[0]}-ed{ed}-{precision}"
+    if seed != args.seed:
+        name += f"-seed{seed}"
     if args.train_images:
         name += f"-{args.train_images}"
     print(f"{model} ED {ed} {precision}: training {args.epochs} epochs", file=sys.stderr,
@@ -79,7 +82,13 @@ def compare(model: str, ed: int, args: argparse.Namespace, workspace: Path) -> d
     runs = {p: train(model, ed, p, args, workspace) for p in PRECISIONS}
     fp32, bf16 = runs["32"]["test_mse"], runs["bf16-mixed"]["test_mse"]
     gap = bf16 / fp32 - 1
-    return {"model": model, "ed": ed, "epochs": args.epochs, "runs": runs,
+    row = {}
+    if args.control_seed is not None:  # how far float32 itself moves with another seed
+        control = train(model, ed, "32", args, workspace, seed=args.control_seed)
+        runs[f"32-seed{args.control_seed}"] = control
+        seed_gap = control["test_mse"] / fp32 - 1
+        row = {"seed_gap": seed_gap, "within_seed_spread": abs(gap) <= abs(seed_gap)}
+    return {"model": model, "ed": ed, "epochs": args.epochs, "runs": runs, **row,
             "relative_gap": gap, "within_1_percent": abs(gap) <= WITHIN,
             "speedup": runs["32"]["train_seconds"] / max(runs["bf16-mixed"]["train_seconds"],
                                                          1e-9)}
@@ -96,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-size", type=int, default=10_000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--control-seed", type=int, default=None,
+                        help="also train float32 with this seed: the gap between two float32 "
+                        "seeds, beside bf16's gap, says how much of it is chance")
     parser.add_argument("--train-images", type=int, default=None,
                         help="train on the first N training images of the usual split (the "
                         "validation and test images stay): for CPUs that emulate bf16")
@@ -122,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                "train_images": args.train_images,  # None: the whole training split
                "native_bf16": native_bf16(device)}  # else bf16 is emulated: slow
     for r in rows:
+        seed = f"; another float32 seed {r['seed_gap']:+.2%}" if "seed_gap" in r else ""
         print(f"{r['model']:>8} ED {r['ed']:>2}: 32 {r['runs']['32']['test_mse']:.5f} "
               f"bf16-mixed {r['runs']['bf16-mixed']['test_mse']:.5f} ({r['relative_gap']:+.2%}"
-              f", {'within' if r['within_1_percent'] else 'OUTSIDE'} 1%)",
+              f", {'within' if r['within_1_percent'] else 'OUTSIDE'} 1%{seed})",
               file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -241,13 +241,20 @@ def test_precision_check_trains_on_the_first_n_images_of_the_usual_split(
 
     monkeypatch.setattr(check.training, "fit_run", spy)
     args = ["--smoke", "--device", "cpu", "--data-dir",
-            str(fake_data_dir), "--json", "--results", "", "--train-images", "40"]
+            str(fake_data_dir), "--json", "--results", "", "--train-images", "40",
+            "--control-seed", "7"]
     assert check.main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["train_images"] == 40
-    # two models in both precisions, each on the same 40 training images and the same
-    # validation and test images as the whole split
-    assert [s[1:] for s in seen] == [(40, 100, seen[0][3])] * 4
-    assert all(s[0].endswith("-40") for s in seen)
+    # two models in both precisions and float32 with seed 7, each on the same 40 training
+    # images and the same validation and test images as the whole split
+    assert [s[1:] for s in seen] == [(40, 100, seen[0][3])] * 6
+    assert [s[0] for s in seen[:3]] == ["precision-course-ed4-32-40",
+                                        "precision-course-ed4-bf16-mixed-40",
+                                        "precision-course-ed4-32-seed7-40"]
+    for r in result["rows"]:
+        fp32, other = r["runs"]["32"]["test_mse"], r["runs"]["32-seed7"]["test_mse"]
+        assert r["seed_gap"] == pytest.approx(other / fp32 - 1) and r["seed_gap"] != 0
+        assert r["within_seed_spread"] == (abs(r["relative_gap"]) <= abs(r["seed_gap"]))
     with pytest.raises(SettingError, match="--train-images must be from 1"):
-        check.main(args[:-1] + ["100000"])
+        check.main(args[:-3] + ["100000"])
