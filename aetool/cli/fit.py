@@ -38,18 +38,10 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.cli.noises import check_noise_option
+from aetool.config import DEFAULT_PRESET, PRESETS, SCHEDULES, FitConfig
 from aetool.train.budget import MAX_EPOCHS, duration_text
 from aetool.train.fast import MODES, PRECISIONS
-from aetool.train.loop import (
-    DEFAULT_PRESET,
-    PRESETS,
-    SCHEDULES,
-    FitConfig,
-    FitResult,
-    fit_run,
-    resume_config,
-    run_config,
-)
+from aetool.train.loop import FitResult, fit_run, resume_config, run_config
 
 PRECISION_HELP = ("Training precision: 32, bf16-mixed (autocast to bfloat16), 16-mixed (CUDA "
                   "only), or auto (32 until bf16-mixed's accuracy check holds). Evaluation "
