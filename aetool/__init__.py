@@ -35,10 +35,10 @@ _API = {
     "build_model": "aetool.models", "load_model": "aetool.models",
     "fit": "aetool.train.loop", "fit_run": "aetool.train.loop", "run_config": "aetool.train.loop",
     "resume_config": "aetool.train.loop", "FitResult": "aetool.train.loop",
-    "SearchConfig": "aetool.search.grid", "run_search": "aetool.search.grid",
+    "SearchConfig": "aetool.config", "run_search": "aetool.search.grid",
     "corrupt_models": "aetool.evaluate.corrupt", "embed_runs": "aetool.evaluate.embed",
     "write_report": "aetool.report.render",
-    "StudySettings": "aetool.experiment", "run_study": "aetool.experiment",
+    "StudySettings": "aetool.config", "run_study": "aetool.experiment",
 }
 
 # module path before the 0.2 layout -> where it lives now (sub-modules follow their package)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from aetool import workspace as runs
-from aetool.config import DEFAULT_PRESET, FitConfig, preset_config
+from aetool.config import FitConfig, StudySettings
 from aetool.errors import AetoolError, RunError, SettingError
 from aetool.train.budget import MAX_EPOCHS, duration_text
 from aetool.train.loop import fit_run, resume_config, run_config
@@ -24,74 +24,33 @@ STAGES = ("search", "fit", "corrupt", "embed", "report")
 STUDY_FILE = runs.STUDY_FILE
 
 
-@dataclass
-class StudySettings:
-    """What the study runs. Defaults run the report's experiment (its EDs, search grid, folds
-    and noises) with aetool's default training recipe; `preset="report"` fits exactly as the
-    report did."""
+def check_study(settings: StudySettings) -> None:
+    """Check the options of every stage before the first one starts (`SettingError`): the
+    values (`StudySettings.validate`), the model at every ED, the data set, the device and its
+    precision, the noises and the projections."""
+    from aetool.data import check_dataset
+    from aetool.devices import resolve_device
+    from aetool.evaluate.embed import check_methods
+    from aetool.models import parse_model_spec
+    from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
+    from aetool.search.grid import check_search
+    from aetool.train.fast.precision import resolve_precision
 
-    eds: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    lrs: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])  # search grid
-    weight_decays: list[float] = field(default_factory=lambda: [1e-3, 1e-4, 1e-5])
-    folds: int = 3  # k-fold cross-validation of the search
-    search_epochs: int = 20  # epochs per (setting, fold) in the search
-    max_loss: float = 0.1  # the search drops settings whose final val loss exceeds this
-    preset: str = DEFAULT_PRESET  # fit's starting settings; the search's lr and wd go on top
-    max_epochs: int | None = None  # cap on fit's epochs (None: the preset's)
-    noises: list[str] | None = None  # corrupt's noises (None: the report's Table 1)
-    methods: list[str] = field(default_factory=lambda: ["pca"])  # embed's projections
-    seed: int = 0
-    device: str = "auto"
-    dataset: str = "mnist"
-    resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
-    val_size: int | None = None  # None: 10,000, or a sixth of a smaller data set
-    time_budget: float | None = None  # seconds for the whole study (--time); see split_time
-    fit_seconds: float | None = None  # each new fit's time budget, set by run_study
-    search_limit: int | None = None  # use only the first N training images in the search
-    skip_search: bool = False  # fit with the preset's lr and wd instead of searching
-    model: str = "course"  # the architecture of the search and of every fit (`aetool models`)
-    precision: str = "32"  # of the search and the fits (aetool.train.fast.precision)
-
-    def validate(self) -> None:
-        """Check the options of every stage before the first one starts (`SettingError`)."""
-        from aetool.data import check_dataset
-        from aetool.devices import resolve_device
-        from aetool.evaluate.embed import check_methods
-        from aetool.models import parse_model_spec
-        from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
-        from aetool.train.fast.precision import resolve_precision
-
-        if not self.eds:
-            raise SettingError("eds", "The study needs at least one encoding dimension.")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise SettingError("time_budget", "time_budget must be positive.")
-        for ed in self.eds:  # the fit stage's settings, for every ED
-            preset_config(self.preset, ed=ed, max_epochs=self.max_epochs, seed=self.seed,
-                          device=self.device, dataset=self.dataset, val_size=self.val_size,
-                          precision=self.precision)
-            parse_model_spec(self.model).build(ed)  # the model keeps its contract at this ED
-        if not self.skip_search:
-            self.search_config().validate()
-        check_dataset(self.dataset, self.resize)
-        resolve_precision(self.precision, resolve_device(self.device))
-        try:
-            parse_noise_specs(self.noises or list(DEFAULT_NOISE_SPECS))
-        except AetoolError as exc:
-            raise SettingError("noises", str(exc)) from None
-        try:
-            check_methods(self.methods)
-        except AetoolError as exc:
-            raise SettingError("methods", str(exc)) from None
-
-    def search_config(self):  # noqa: ANN201 (aetool.search.grid.SearchConfig, imported lazily)
-        from aetool.search.grid import SearchConfig
-
-        return SearchConfig(
-            eds=self.eds, lrs=self.lrs, weight_decays=self.weight_decays, folds=self.folds,
-            epochs=self.search_epochs, seed=self.seed, dataset=self.dataset, resize=self.resize,
-            val_size=self.val_size, limit=self.search_limit, device=self.device,
-            max_loss=self.max_loss, model=self.model, precision=self.precision,
-        )
+    settings.validate()
+    for ed in settings.eds:
+        parse_model_spec(settings.model).build(ed)  # the model keeps its contract at this ED
+    if not settings.skip_search:
+        check_search(settings.search_config())
+    check_dataset(settings.dataset, settings.resize)
+    resolve_precision(settings.precision, resolve_device(settings.device))
+    try:
+        parse_noise_specs(settings.noises or list(DEFAULT_NOISE_SPECS))
+    except AetoolError as exc:
+        raise SettingError("noises", str(exc)) from None
+    try:
+        check_methods(settings.methods)
+    except AetoolError as exc:
+        raise SettingError("methods", str(exc)) from None
 
 
 # Progress: (stage, units done, units in all, what is happening now).
@@ -298,7 +257,7 @@ def run_study(
     Every stage's options are checked before the first stage starts. A run a stage cannot
     load (damaged, or its model or data set not available here) is skipped by every stage
     and listed in the summary's `unloadable` (name and reason); the other runs go on."""
-    settings.validate()
+    check_study(settings)
     root = runs.workspace_root(runs_root)
     data_dir = Path(data_dir) if data_dir is not None else None
     progress = on_progress or (lambda *args: None)

@@ -35,7 +35,7 @@ from aetool.noises import Noise, NoiseParam, build_noise, registered_noises
 from aetool.plugins import PluginWarning
 from aetool.plugins.hookspecs import hookimpl
 from aetool.search import storage as search_study
-from aetool.search.grid import SearchConfig
+from aetool.search.grid import SearchConfig, check_search
 from aetool.train.loop import fit
 
 runner = CliRunner()
@@ -289,8 +289,8 @@ def test_a_storage_that_is_neither_a_url_nor_a_path_exits_2(value, fake_data_dir
     result = invoke("search", "--storage", value, *TINY, "--data-dir", fake_data_dir)
     one_sentence(result, 2, "--storage", "://")
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no journal file appeared
-    with pytest.raises(SettingError, match="storage"):
-        SearchConfig(storage=value).validate()
+    with pytest.raises(SettingError, match="storage"):  # checked where the search runs
+        check_search(SearchConfig(storage=value))
 
 
 @pytest.mark.parametrize("value", [None, "study.log", "sub/dir/s.log", "sqlite:///x.db",

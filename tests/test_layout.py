@@ -17,7 +17,7 @@ from aetool import workspace as runs
 from aetool.cli import app
 from aetool.config import FitConfig, preset_config
 from aetool.errors import SettingError
-from aetool.experiment import StudySettings, run_study
+from aetool.experiment import StudySettings, check_study, run_study
 from aetool.search.grid import SearchConfig
 from aetool.train.loop import fit_run
 
@@ -91,7 +91,7 @@ def test_library_errors_name_settings_not_options():
                             (StudySettings(device="tpu"), "device"),
                             (StudySettings(eds=[]), "eds")):
         with pytest.raises(SettingError) as caught:
-            settings.validate()
+            check_study(settings)  # the values, and what needs the stages' modules
         assert caught.value.field == field and "--" not in str(caught.value)
 
 

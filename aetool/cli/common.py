@@ -27,13 +27,24 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from aetool.config import PRESETS, SEED_MAX, SEED_RULE
+from aetool.config import PRESETS, SEED_MAX, SEED_RULE, DataSettings, ModelSettings
 from aetool.data import check_dataset
 from aetool.errors import AetoolError, SettingError, os_reason
 
 stderr = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+
+def shown(value: Any) -> str:
+    """A library default as `--help` shows it: `4 8 16 32`, `0.001`, `course`. An option that
+    sets a library setting defaults to None (the library fills it) and shows the library's
+    default with `show_default=shown(...)`, so the default is written once, in aetool.config."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
 
 # Options shared by several commands.
 RunsOption = Annotated[
@@ -47,7 +58,9 @@ DataDirOption = Annotated[
                  show_default="the user's cache folder"),
 ]
 DeviceOption = Annotated[
-    str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.")
+    str | None,
+    typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps.",
+                 show_default=shown(ModelSettings.device)),
 ]
 def one_of(choices: Any, what: str) -> Callable[[Any], Any]:
     """A Typer callback accepting only the names in `choices` (a library table), exit 2."""
@@ -86,7 +99,8 @@ def dataset_choice(value: str | None) -> str | None:
 
 
 DatasetOption = Annotated[
-    str, typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice)
+    str | None, typer.Option("--dataset", help=DATASET_HELP, callback=dataset_choice,
+                             show_default=shown(DataSettings.dataset))
 ]
 ResizeOption = Annotated[
     bool, typer.Option("--resize", help="Resize an image folder's images to 28x28 (Pillow's "

@@ -24,6 +24,7 @@ from aetool.cli.common import (
     preset_choice,
     print_json,
     seed_range,
+    shown,
     stderr,
     warn,
 )
@@ -35,27 +36,19 @@ from aetool.cli.longrun import (
     duration,
     use_threads,
 )
-from aetool.cli.models import check_model_option
+from aetool.cli.models import ModelOption
 from aetool.cli.noises import check_noise_option
+from aetool.config import DEFAULT_PRESET, PRESETS, SCHEDULES, FitConfig
 from aetool.train.budget import MAX_EPOCHS, duration_text
 from aetool.train.fast import MODES, PRECISIONS
-from aetool.train.loop import (
-    DEFAULT_PRESET,
-    PRESETS,
-    SCHEDULES,
-    FitConfig,
-    FitResult,
-    fit_run,
-    resume_config,
-    run_config,
-)
+from aetool.train.loop import FitResult, fit_run, resume_config, run_config
 
 PRECISION_HELP = ("Training precision: 32, bf16-mixed (autocast to bfloat16), 16-mixed (CUDA "
                   "only), or auto (32 until bf16-mixed's accuracy check holds). Evaluation "
                   "is always float32.")
 PrecisionOption = Annotated[
     str | None,
-    typer.Option("--precision", help=PRECISION_HELP, show_default="32",
+    typer.Option("--precision", help=PRECISION_HELP, show_default=shown(FitConfig.precision),
                  callback=one_of(PRECISIONS, "precision")),
 ]
 
@@ -71,12 +64,14 @@ def _schedule(value: str | None) -> str | None:
     "aetool fit --ed 4 --noise gaussian:sigma=0.3 --name ed4-denoise"))
 @handle_errors
 def fit(
-    ed: Annotated[int, typer.Option(help="Encoding dimension.", callback=at_least(1))] = 4,
+    ed: Annotated[int | None, typer.Option(help="Encoding dimension.", callback=at_least(1),
+                                           show_default=shown(FitConfig.ed))] = None,
     preset: Annotated[
-        str,
+        str | None,
         typer.Option(help=f"Starting settings: {', '.join(PRESETS)}. best: aetool's recipe; "
-                     "report: the seed report's exact training.", callback=preset_choice),
-    ] = DEFAULT_PRESET,
+                     "report: the seed report's exact training.", callback=preset_choice,
+                     show_default=DEFAULT_PRESET),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="Adam weight decay.")
@@ -113,8 +108,9 @@ def fit(
         int | None, typer.Option(help="Training images held out for validation.",
                                  show_default="10000, or a sixth of a smaller data set")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, order and noise.",
-                                    callback=seed_range)] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for initialisation, order and noise.",
+                                           callback=seed_range,
+                                           show_default=shown(FitConfig.seed))] = None,
     noise: Annotated[
         str | None,
         typer.Option(help="Train a denoising autoencoder on this noise, e.g. gaussian:sigma=0.3.",
@@ -142,17 +138,12 @@ def fit(
                      callback=one_of(MODES, "mode")),
     ] = "auto",
     no_compile: Annotated[
-        bool, typer.Option("--no-compile", help="Plain eager PyTorch (same as --mode eager), "
-                           "for debugging.")
+        bool, typer.Option("--no-compile", hidden=True, help="Deprecated: --mode eager.")
     ] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     precision: PrecisionOption = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="The architecture: NAME or NAME:param=value,... (see "
-                     "`aetool models`).", show_default="course", callback=check_model_option),
-    ] = None,
-    dataset: DatasetOption = "mnist",
+    model: ModelOption = None,
+    dataset: DatasetOption = None,
     resize: Annotated[
         bool, typer.Option("--resize", help="Resize an image folder's images to 28x28 "
                            "(Pillow's Lanczos filter) instead of refusing other sizes.")
@@ -166,16 +157,21 @@ def fit(
 ) -> None:
     """Train an autoencoder; keep its best checkpoint, history and settings."""
     use_threads(threads)
+    if no_compile:  # deprecated: goes in the next release
+        warn("--no-compile is deprecated and goes in the next release; use --mode eager.")
+        mode = "eager"
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     workspace = runs.Workspace(runs_root)
-    run_dir = workspace.run_dir(name if name is not None else f"ed{ed}")
+    run_dir = workspace.run_dir(name if name is not None
+                                else f"ed{FitConfig.ed if ed is None else ed}")
     if resume and time is not None:
         raise typer.BadParameter("a resumed run keeps the length its --time chose",
                                  param_hint="--time")
     if resume:
-        config = resume_config(run_dir, max_epochs=max_epochs, device=device, model=model,
-                               precision=precision)
+        # a resumed run picks its device afresh (auto) unless --device names one
+        config = resume_config(run_dir, max_epochs=max_epochs, model=model, precision=precision,
+                               device=device or FitConfig.device)
     else:
         config = run_config(
             preset, runs_root=workspace.root, from_search=from_search, ed=ed, lr=lr,
@@ -188,8 +184,7 @@ def fit(
     existing = "resume" if resume else "replace" if force else "refuse"
     with Progress(quiet=quiet, interval=log_every) as progress:
         result = train_with_progress(config, workspace.root, run_dir.name, existing,
-                                     data_dir=data_dir, mode="eager" if no_compile else mode,
-                                     progress=progress)
+                                     data_dir=data_dir, mode=mode, progress=progress)
     if json_output:
         print_json(summary(result))
     else:

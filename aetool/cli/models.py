@@ -17,9 +17,11 @@ from aetool.cli.common import (
     handle_errors,
     print_json,
     seed_range,
+    shown,
     stderr,
 )
 from aetool.cli.noises import params_cell, spec_callback, with_plugin_warnings
+from aetool.config import ModelSettings
 
 
 def _parse_model(spec: str) -> Any:
@@ -33,9 +35,10 @@ check_model_option = spec_callback(_parse_model)
 
 
 ModelOption = Annotated[
-    str,
+    str | None,
     typer.Option("--model", help="The architecture: NAME or NAME:param=value,... (see "
-                 "`aetool models`).", callback=check_model_option),
+                 "`aetool models`).", callback=check_model_option,
+                 show_default=shown(ModelSettings.model)),
 ]
 
 

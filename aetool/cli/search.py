@@ -25,6 +25,7 @@ from aetool.cli.common import (
     handle_errors,
     print_json,
     seed_range,
+    shown,
     stderr,
     warn,
 )
@@ -38,24 +39,16 @@ from aetool.cli.longrun import (
     use_threads,
 )
 from aetool.cli.models import ModelOption
-from aetool.devices import resolve_device
+from aetool.config import DEFAULT_EDS, DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, SearchConfig
 from aetool.search import workers as search_workers
-from aetool.search.grid import (
-    DEFAULT_EDS,
-    DEFAULT_LRS,
-    DEFAULT_WEIGHT_DECAYS,
-    SearchConfig,
-    results_path,
-    run_search,
-)
+from aetool.search.grid import check_search, results_path, run_search
 from aetool.search.workers import follow_parent, worker_limit
-from aetool.train.fast.precision import resolve_precision
 
 _DEFAULTS = SearchConfig()
 
 
-def _parallel(value: str) -> str:
-    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+def _parallel(value: str | None) -> str | None:
+    if value is not None and value != "auto" and not (value.isdigit() and int(value) >= 1):
         raise typer.BadParameter(f"must be auto or a whole number of at least 1, got {value!r}")
     return value
 
@@ -70,10 +63,6 @@ def _workers(value: int) -> int:
     return value
 
 
-def _show(values: tuple) -> str:
-    return " ".join(f"{v:g}" for v in values)
-
-
 @app.command(epilog=examples(
     "aetool search --ed 4 --lr 1e-2 --lr 1e-3 --weight-decay 1e-5 --epochs 10",
     "aetool search --storage sqlite:///search.db --workers 2"))
@@ -82,40 +71,47 @@ def search(
     ed: Annotated[
         list[int] | None,
         typer.Option("--ed", metavar="ED", help="Encoding dimension; repeatable.",
-                     show_default=_show(DEFAULT_EDS)),
+                     show_default=shown(DEFAULT_EDS)),
     ] = None,
     lr: Annotated[
         list[float] | None,
         typer.Option("--lr", metavar="LR", help="Learning rate; repeatable.",
-                     show_default=_show(DEFAULT_LRS)),
+                     show_default=shown(DEFAULT_LRS)),
     ] = None,
     weight_decay: Annotated[
         list[float] | None,
         typer.Option("--weight-decay", metavar="WD", help="Adam weight decay; repeatable.",
-                     show_default=_show(DEFAULT_WEIGHT_DECAYS)),
+                     show_default=shown(DEFAULT_WEIGHT_DECAYS)),
     ] = None,
     folds: Annotated[
-        int, typer.Option(help="Folds of the cross-validation.")
-    ] = _DEFAULTS.folds,
+        int | None, typer.Option(help="Folds of the cross-validation.",
+                                 show_default=shown(_DEFAULTS.folds))
+    ] = None,
     epochs: Annotated[
-        int, typer.Option(help="Epochs per setting and fold.")
-    ] = _DEFAULTS.epochs,
+        int | None, typer.Option(help="Epochs per setting and fold.",
+                                 show_default=shown(_DEFAULTS.epochs))
+    ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Batch size (fit's default, so the choice suits fit).")
-    ] = _DEFAULTS.batch_size,
-    seed: Annotated[int, typer.Option(help="Seed of the folds, the weights and the order.",
-                                    callback=seed_range)] = 0,
+        int | None, typer.Option(help="Batch size (the report's search batch size, not fit's).",
+                                 show_default=shown(_DEFAULTS.batch_size))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the folds, the weights and the order.",
+                                           callback=seed_range,
+                                           show_default=shown(_DEFAULTS.seed))] = None,
     max_loss: Annotated[
-        float, typer.Option(help="Drop settings whose final val loss on any fold is above.")
-    ] = _DEFAULTS.max_loss,
+        float | None, typer.Option(help="Drop settings whose final val loss on any fold is "
+                                   "above.", show_default=shown(_DEFAULTS.max_loss))
+    ] = None,
     max_oscillation: Annotated[
-        float, typer.Option(help="Drop settings whose val curve oscillates more than this "
-                            "(upward moves over the last half / its mean).")
-    ] = _DEFAULTS.max_oscillation,
+        float | None, typer.Option(help="Drop settings whose val curve oscillates more than "
+                                   "this (upward moves over the last half / its mean).",
+                                   show_default=shown(_DEFAULTS.max_oscillation))
+    ] = None,
     parallel: Annotated[
-        str, typer.Option(help="Models trained together on the device (auto: 1 on a CPU, as "
-                          "many as fit on a GPU).", callback=_parallel)
-    ] = "auto",
+        str | None, typer.Option(help="Models trained together on the device (auto: 1 on a "
+                                 "CPU, as many as fit on a GPU).", callback=_parallel,
+                                 show_default="auto")
+    ] = None,
     storage: Annotated[
         str | None,
         typer.Option(help="Optuna storage shared by workers: sqlite:///f.db, postgresql://..., "
@@ -128,7 +124,7 @@ def search(
     val_size: Annotated[
         int | None, typer.Option(help="fit's validation images, kept out of the search.",
                                  show_default="10000, or a sixth of a smaller data set")
-    ] = _DEFAULTS.val_size,
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(hidden=True, help="Use only the first N training images.")
     ] = None,
@@ -138,10 +134,10 @@ def search(
                           "what the machine holds (cores, and 1 GiB of memory each).",
                           callback=_workers)
     ] = 1,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     precision: PrecisionOption = None,
-    model: ModelOption = "course",
-    dataset: DatasetOption = "mnist",
+    model: ModelOption = None,
+    dataset: DatasetOption = None,
     resize: ResizeOption = False,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
@@ -154,18 +150,14 @@ def search(
 
     Resumable, and several workers sharing --storage split the grid."""
     follow_parent()  # a worker that `--workers` started ends with the search that started it
-    config = SearchConfig(
-        eds=ed or list(DEFAULT_EDS), lrs=lr or list(DEFAULT_LRS),
-        weight_decays=weight_decay if weight_decay else list(DEFAULT_WEIGHT_DECAYS),
-        folds=folds, epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset,
-        resize=resize,
+    config = SearchConfig.given(  # an option not given is None: the library's default
+        eds=ed or None, lrs=lr or None, weight_decays=weight_decay or None, folds=folds,
+        epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset, resize=resize,
         limit=limit, val_size=val_size, max_loss=max_loss, max_oscillation=max_oscillation,
-        model=model, precision=precision or "32",
-        device=device, parallel=None if parallel == "auto" else int(parallel),
-        storage=storage, study_name=study_name,
+        model=model, precision=precision, device=device, storage=storage,
+        study_name=study_name, parallel=None if parallel in (None, "auto") else int(parallel),
     )
-    config.validate()  # every value checked before the progress bar shows (exit 2 naming it)
-    resolve_precision(config.precision, resolve_device(device))
+    check_search(config)  # every value checked before the progress bar shows (exit 2 naming it)
     if workers > 1 and threads is None:
         threads = max(1, cpu_cores() // workers)
     use_threads(threads)
@@ -174,7 +166,7 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = runs.workspace_root(runs_root)
     with Progress(quiet=quiet, interval=log_every) as progress:
-        task = progress.add("search", total=len(config.grid()) * folds, unit="models")
+        task = progress.add("search", total=len(config.grid()) * config.folds, unit="models")
 
         def on_progress(done: float, total: int, status: str) -> None:
             task.update(completed=done, total=total, status=status)

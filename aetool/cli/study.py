@@ -21,6 +21,7 @@ from aetool.cli.common import (
     preset_choice,
     print_json,
     seed_range,
+    shown,
     stderr,
 )
 from aetool.cli.fit import PrecisionOption
@@ -34,11 +35,13 @@ from aetool.cli.longrun import (
 )
 from aetool.cli.models import ModelOption
 from aetool.cli.skipped import finish
+from aetool.config import StudySettings
 from aetool.evaluate.embed import METHODS
-from aetool.experiment import STAGES, StudySettings, run_study
+from aetool.experiment import STAGES, run_study
 from aetool.train.budget import duration_text
-from aetool.train.loop import DEFAULT_PRESET
 from aetool.workspace import Unreadable
+
+_DEFAULTS = StudySettings()
 
 
 @app.command(epilog=examples(
@@ -47,34 +50,39 @@ from aetool.workspace import Unreadable
 @handle_errors
 def study(
     ed: Annotated[list[int] | None, typer.Option(
-        "--ed", metavar="ED", help="Encoding dimension; repeatable.", show_default="4 8 16 32")
+        "--ed", metavar="ED", help="Encoding dimension; repeatable.",
+        show_default=shown(_DEFAULTS.eds))
     ] = None,
     lr: Annotated[list[float] | None, typer.Option(
         "--lr", metavar="LR", help="Learning rate of the search grid; repeatable.",
-        show_default="1e-2 1e-3 1e-4")] = None,
+        show_default=shown(_DEFAULTS.lrs))] = None,
     weight_decay: Annotated[
         list[float] | None,
         typer.Option("--weight-decay", metavar="WD",
                      help="Weight decay of the search grid; repeatable.",
-                     show_default="1e-3 1e-4 1e-5"),
+                     show_default=shown(_DEFAULTS.weight_decays)),
     ] = None,
     folds: Annotated[
-        int, typer.Option(help="Cross-validation folds of the search.")
-    ] = 3,
+        int | None, typer.Option(help="Cross-validation folds of the search.",
+                                 show_default=shown(_DEFAULTS.folds))
+    ] = None,
     search_epochs: Annotated[
-        int, typer.Option(help="Epochs per (setting, fold) in the search.")
-    ] = 20,
+        int | None, typer.Option(help="Epochs per (setting, fold) in the search.",
+                                 show_default=shown(_DEFAULTS.search_epochs))
+    ] = None,
     max_loss: Annotated[
-        float, typer.Option(help="Search: drop settings whose final validation loss on any fold "
-                            "exceeds this.")
-    ] = 0.1,
+        float | None, typer.Option(help="Search: drop settings whose final validation loss on "
+                                   "any fold exceeds this.",
+                                   show_default=shown(_DEFAULTS.max_loss))
+    ] = None,
     skip_search: Annotated[
         bool, typer.Option("--skip-search", help="Fit with the preset's lr and weight decay.")
     ] = False,
     preset: Annotated[
-        str, typer.Option(help="fit's starting settings (report: the seed report's exact "
-                          "training).", callback=preset_choice)
-    ] = DEFAULT_PRESET,
+        str | None, typer.Option(help="fit's starting settings (report: the seed report's exact "
+                                 "training).", callback=preset_choice,
+                                 show_default=shown(_DEFAULTS.preset))
+    ] = None,
     max_epochs: Annotated[
         int | None, typer.Option(help="Cap on fit's epochs.")
     ] = None,
@@ -93,19 +101,20 @@ def study(
     method: Annotated[
         list[str] | None, typer.Option("--method", metavar="METHOD",
                                        help=f"Projection for embed: {', '.join(METHODS)}; "
-                                       "repeatable.", show_default="pca",
+                                       "repeatable.", show_default=shown(_DEFAULTS.methods),
                                        callback=one_of(METHODS, "method"))
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of folds, initialisation and order.",
-                                    callback=seed_range)] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed of folds, initialisation and order.",
+                                           callback=seed_range,
+                                           show_default=shown(_DEFAULTS.seed))] = None,
     val_size: Annotated[
         int | None, typer.Option(help="Training images held out for validation.",
                                  show_default="10000, or a sixth of a smaller data set")
     ] = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = None,
     precision: PrecisionOption = None,
-    model: ModelOption = "course",
-    dataset: DatasetOption = "mnist",
+    model: ModelOption = None,
+    dataset: DatasetOption = None,
     resize: ResizeOption = False,
     data_dir: DataDirOption = None,
     runs_root: RunsOption = None,
@@ -123,15 +132,12 @@ def study(
         from aetool.cli.noises import parse_noise_option
 
         parse_noise_option(noise)
-    defaults = StudySettings()
-    settings = StudySettings(
-        eds=ed or defaults.eds, lrs=lr or defaults.lrs,
-        weight_decays=weight_decay or defaults.weight_decays, folds=folds,
+    settings = StudySettings.given(  # an option not given is None: the library's default
+        eds=ed or None, lrs=lr or None, weight_decays=weight_decay or None, folds=folds,
         search_epochs=search_epochs, max_loss=max_loss, preset=preset, max_epochs=max_epochs,
-        noises=noise, time_budget=time,
-        methods=method or defaults.methods, seed=seed, device=device, dataset=dataset,
-        resize=resize,
-        val_size=val_size, skip_search=skip_search, model=model, precision=precision or "32",
+        noises=noise or None, time_budget=time, methods=method or None, seed=seed,
+        device=device, dataset=dataset, resize=resize, val_size=val_size,
+        skip_search=skip_search, model=model, precision=precision,
     )
     use_threads(threads)
     with Progress(quiet=quiet, interval=log_every) as progress:

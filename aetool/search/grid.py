@@ -31,27 +31,30 @@ counts failed trials as visited and can hand one point to two workers.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from aetool import workspace as runs
-from aetool.config import SEED_MAX, SEED_RULE, FitConfig
+from aetool.config import (  # noqa: F401 (SearchConfig and the grid's defaults were here)
+    DEFAULT_EDS,
+    DEFAULT_LRS,
+    DEFAULT_WEIGHT_DECAYS,
+    GridPoint,
+    SearchConfig,
+)
 from aetool.data import ProgressFn, load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
-from aetool.errors import AetoolError, RunError, SettingError
+from aetool.errors import AetoolError, RunError
 from aetool.models import parse_model_spec
 from aetool.search.storage import (
     SEARCH_DIR,
-    GridPoint,
     GridStudy,
     check_storage,
     hide_password,
@@ -59,11 +62,8 @@ from aetool.search.storage import (
     open_study,
 )
 from aetool.train.batched import Curves, TrainJob, train_models
-from aetool.train.fast.precision import PRECISIONS, resolve_precision
+from aetool.train.fast.precision import resolve_precision
 
-DEFAULT_EDS = (4, 8, 16, 32)
-DEFAULT_LRS = (1e-2, 1e-3, 1e-4)
-DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-4, 1e-5)
 RESULTS = runs.SEARCH_RESULTS
 OSCILLATION_DEFINITION = (
     "sum of epoch-to-epoch increases of the validation loss over the second half of the "
@@ -81,113 +81,6 @@ SearchProgressFn = Callable[[float, int, str], None]
 # worker trains them: what a worker actually trains, e.g. to check that no point is trained
 # twice. A group retried with fewer models after running out of GPU memory is reported again.
 TrainHook = Callable[[list[TrainJob]], None]
-
-
-@dataclass
-class SearchConfig:
-    """Everything that decides a search. The fields up to `model` decide its results."""
-
-    eds: list[int] = field(default_factory=lambda: list(DEFAULT_EDS))
-    lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
-    weight_decays: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHT_DECAYS))
-    folds: int = 3  # k of the k-fold cross-validation
-    epochs: int = 20  # epochs per (setting, fold)
-    batch_size: int = 1000  # fit's default, so the chosen lr suits the training that uses it
-    seed: int = 0  # seeds the folds, the initial weights and the batch order
-    dataset: str = "mnist"
-    resize: bool = False  # resize an image folder's images to 28x28 (as `fit --resize`)
-    limit: int | None = None  # use only the first N training images (tests, demos)
-    val_size: int | None = None  # fit's validation images (None: fit's default), left out
-    model: str = "course"  # the architecture every grid point trains (`aetool models`)
-    max_loss: float = 0.1  # drop a setting whose final val loss exceeds this on any fold
-    max_oscillation: float = 0.2  # drop a setting whose oscillation exceeds this
-    device: str = "auto"
-    precision: str = "32"  # training precision (aetool.train.fast.precision); decides results too
-    parallel: int | None = None  # models trained together; None: sized for the device
-    storage: str | None = None  # any Optuna storage URL or a journal file; None: the workspace's
-    study_name: str | None = None  # None: derived from the settings above
-    heartbeat_interval: float = 20.0  # seconds between heartbeats of a worker's trials
-    grace_period: float = 120.0  # a trial without a heartbeat for this long is orphaned
-    poll_interval: float = 2.0  # seconds between looks at the study while others finish
-
-    def validate(self) -> None:
-        """Check every value; a `SettingError` names the first bad field."""
-        checks = [
-            ("eds", bool(self.eds), "the grid needs at least one encoding dimension (eds)"),
-            ("lrs", bool(self.lrs), "the grid needs at least one learning rate (lrs)"),
-            ("weight_decays", bool(self.weight_decays),
-             "the grid needs at least one weight decay (weight_decays)"),
-            ("eds", all(e >= 1 for e in self.eds), "every one of eds must be at least 1"),
-            ("lrs", all(v > 0 and math.isfinite(v) for v in self.lrs),
-             "every one of lrs must be positive"),
-            ("weight_decays", all(v >= 0 and math.isfinite(v) for v in self.weight_decays),
-             "every one of weight_decays must be zero or more"),
-            ("folds", self.folds >= 2, f"folds must be at least 2, got {self.folds}"),
-            ("epochs", self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            ("batch_size", self.batch_size >= 1,
-             f"batch_size must be at least 1, got {self.batch_size}"),
-            ("limit", self.limit is None or self.limit >= 2 * self.folds,
-             f"limit must leave at least two images per fold, got {self.limit}"),
-            ("max_loss", self.max_loss > 0, f"max_loss must be positive, got {self.max_loss}"),
-            ("max_oscillation", self.max_oscillation >= 0,
-             f"max_oscillation must be zero or more, got {self.max_oscillation}"),
-            ("parallel", self.parallel is None or self.parallel >= 1,
-             f"parallel must be at least 1, got {self.parallel}"),
-            ("seed", 0 <= self.seed <= SEED_MAX, f"seed must be {SEED_RULE}, got {self.seed}"),
-            ("model", bool(self.model.strip()),
-             "model must name a model (NAME or NAME:param=value,...), got ''"),
-            ("precision", self.precision in PRECISIONS,
-             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
-            ("study_name", self.study_name is None or bool(self.study_name.strip()),
-             "the study_name must not be empty (without one it is derived from the grid)"),
-        ]
-        for name, ok, message in checks:
-            if not ok:
-                raise SettingError(name, message[0].upper() + message[1:] + ".")
-        check_storage(self.storage)
-
-    def grid(self) -> list[GridPoint]:
-        """Every grid point, ED by ED, in the order of the options."""
-        return [GridPoint(e, lr, wd) for e in _unique(self.eds) for lr in _unique(self.lrs)
-                for wd in _unique(self.weight_decays)]
-
-    def search_space(self) -> dict[str, list[Any]]:
-        return {"ed": _unique(self.eds), "lr": _unique(self.lrs),
-                "weight_decay": _unique(self.weight_decays)}
-
-    def protocol(self) -> dict[str, Any]:
-        """What decides the results: two searches with the same protocol share a study."""
-        protocol = {**self.search_space(), "folds": self.folds, "epochs": self.epochs,
-                    "batch_size": self.batch_size, "seed": self.seed, "dataset": self.dataset,
-                    "limit": self.limit,
-                    # the default (None) keeps the name studies made with 10,000 had
-                    "val_size": 10_000 if self.val_size is None else self.val_size}
-        if self.resize:  # studies without it keep the names they had
-            protocol["resize"] = True
-        if self.model != "course":  # studies of the course model keep the names they had
-            protocol["model"] = self.model
-        if self.precision != "32":  # float32 studies keep the names they had
-            protocol["precision"] = self.precision
-        return protocol
-
-    def default_study_name(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.protocol(), sort_keys=True).encode()).hexdigest()
-        label = Path(self.dataset).name  # a path's last part; a registered name as it is
-        return f"aetool-search-{label}-{digest[:12]}"
-
-    def fit_config(self, point: GridPoint, device: str) -> FitConfig:
-        """The settings `fit` would train this grid point with (no early stopping)."""
-        return FitConfig(
-            ed=point.ed, lr=point.lr, weight_decay=point.weight_decay,
-            batch_size=self.batch_size, max_epochs=self.epochs, patience=0, seed=self.seed,
-            device=device, dataset=self.dataset, resize=self.resize, val_size=self.val_size,
-            preset="search",
-            model=self.model, precision=self.precision,
-        )
-
-
-def _unique(values: Sequence[Any]) -> list[Any]:
-    return list(dict.fromkeys(values))
 
 
 # --------------------------------------------------------------------------- data and folds
@@ -346,6 +239,14 @@ def _train_units(
     return curves, parallel
 
 
+def check_search(config: SearchConfig) -> None:
+    """Check a search's settings before any work: the values (`SearchConfig.validate`), the
+    storage URL, the device and the precision on it (`SettingError` names the field)."""
+    config.validate()
+    check_storage(config.storage)
+    resolve_precision(config.precision, resolve_device(config.device))
+
+
 def run_search(
     config: SearchConfig,
     runs_root: Path | str | None = None,
@@ -458,7 +359,7 @@ def build_results(config: SearchConfig, study: GridStudy, protocol: dict[str, An
     done = study.completed()
     eds: dict[str, Any] = {}
     missing = []
-    for ed in _unique(config.eds):
+    for ed in config.search_space()["ed"]:
         settings = []
         for point in (p for p in config.grid() if p.ed == ed):
             trial = done.get(point)

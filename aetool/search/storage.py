@@ -24,11 +24,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aetool import workspace as runs
+from aetool.config import GridPoint, SearchConfig
 from aetool.errors import AetoolError, RunError, SettingError, first_line
 
 SEARCH_DIR = runs.SEARCH_DIR  # file names are the workspace's (aetool.workspace)
@@ -36,20 +36,6 @@ STUDY_LOG = runs.SEARCH_LOG
 PROTOCOL_ATTR = "aetool:protocol"
 WORKER_ATTR = "aetool:worker"
 HEARTBEAT_ATTR = "aetool:heartbeat"
-
-@dataclass(frozen=True)
-class GridPoint:
-    ed: int
-    lr: float
-    weight_decay: float
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {"ed": self.ed, "lr": self.lr, "weight_decay": self.weight_decay}
-
-    def __str__(self) -> str:
-        return f"ED {self.ed}, lr {self.lr:g}, wd {self.weight_decay:g}"
-
 
 # The storages Optuna can use besides a journal file: SQLAlchemy's databases and a Redis
 # journal, each written `scheme://...`, the scheme maybe with a driver (`postgresql+psycopg`).
@@ -179,19 +165,6 @@ def host_identity() -> str:
     Where no hardware address is found, uuid gives a random one per process, and workers are
     then told apart by heartbeat alone."""
     return f"{socket.gethostname()}/{uuid.getnode():012x}"
-
-
-class SearchConfig(Protocol):
-    """What a `GridStudy` needs of `aetool.search.grid.SearchConfig` (which is one)."""
-
-    study_name: str | None
-    seed: int
-    grace_period: float
-    heartbeat_interval: float
-
-    def default_study_name(self) -> str: ...
-    def search_space(self) -> dict[str, list[Any]]: ...
-    def grid(self) -> list[GridPoint]: ...
 
 
 class GridStudy:

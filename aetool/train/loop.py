@@ -454,7 +454,7 @@ def finished_result(path: Path | str) -> FitResult:
                      bool(m.get("stopped_early")), m.get("train_seconds", 0.0), device, m)
 
 
-def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = None,
+def run_config(preset: str | None = DEFAULT_PRESET, *, runs_root: Path | str | None = None,
                from_search: bool = False, **overrides: Any) -> FitConfig:
     """The settings of a new run: the preset's, then (with `from_search`) the learning rate and
     weight decay `aetool search` chose for this ED in the workspace, then every override that
