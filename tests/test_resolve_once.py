@@ -90,7 +90,7 @@ def test_the_command_line_resolves_each_spec_once_past_its_option_checks(
 
 
 def test_the_default_run_name_is_decided_in_one_place(monkeypatch, workspace, fake_data_dir):
-    monkeypatch.setattr(runs, "default_run_name", lambda config: f"auto-{config.ed}")
+    monkeypatch.setattr(runs, "default_run_name", lambda c: f"auto-{getattr(c, 'ed', c)}")
     fit_run(preset_config(**{**SETTINGS, "max_epochs": 1}), workspace, data_dir=fake_data_dir)
     assert (workspace / "auto-2" / runs.METRICS).is_file()
     result = CliRunner().invoke(app, ["fit", "--ed", "3", "--max-epochs", "1", "--batch-size",
