@@ -3,10 +3,10 @@
 A workspace (default `./runs`, or `--runs` / `$AETOOL_RUNS`) holds one folder per trained
 model (`ed4/`, `ed32/`, ...) and a `search/` folder. A run folder holds:
 
-    config.json    the resolved settings it was trained with
+    config.json    the resolved settings it was trained with (their one record)
     history.json   per-epoch train and validation loss, learning rate and seconds
     model.pt       the best weights by validation loss (a bare state_dict)
-    state.pt       everything needed to resume (model, optimiser, RNG states, history)
+    state.pt       the training state to resume from (model, optimiser, RNG states, history)
     metrics.json   written last: final test MSE, best epoch, timing, device, versions
 
 Nothing outside the workspace is written or deleted: a run name is one plain folder name
