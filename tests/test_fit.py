@@ -158,7 +158,8 @@ def test_resume_refuses_a_new_length_for_a_cosine_schedule(fake_split, tmp_path)
     longer = resume_config(tmp_path / "r", max_epochs=8)
     with pytest.raises(RunError, match="cosine schedule decays over the 4 epochs"):
         fit(longer, tmp_path / "r", split=fake_split, existing="resume")
-    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split, existing="resume")
+    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split,
+                  existing="resume")
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[-1].lr < resumed.history[1].lr  # decayed on the original schedule
 

@@ -95,7 +95,8 @@ def test_resume_in_another_precision_is_refused(fake_split, tmp_path):
         fit(small(), tmp_path / "r", split=fake_split, existing="resume")
     with pytest.raises(RunError, match="trained in bf16-mixed"):
         resume_config(tmp_path / "r", precision="32")
-    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split, existing="resume")
+    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split,
+                  existing="resume")
     assert resumed.config.precision == "bf16-mixed" and len(resumed.history) == 2
 
 

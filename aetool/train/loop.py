@@ -534,7 +534,7 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
                from_search: bool = False, **overrides: Any) -> FitConfig:
     """The settings of a new run: the preset's, then (with `from_search`) the learning rate and
     weight decay `aetool search` chose for this ED in the workspace, then every override that
-    is not None. The fit spells the model out with every parameter (`plan_fit`)."""
+    is not None; the model spelt out with every parameter."""
     if from_search:
         from aetool.search.grid import best_setting  # optuna loads only when needed
 
@@ -544,7 +544,9 @@ def run_config(preset: str = DEFAULT_PRESET, *, runs_root: Path | str | None = N
         chosen = {k: v for k, v in overrides.items() if v is not None}
         overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen,
                      "model": model}
-    return preset_config(preset, **overrides)
+        return preset_config(preset, **overrides)
+    config = preset_config(preset, **overrides)
+    return replace(config, model=parse_model_spec(config.model).spec)
 
 
 def _saved_settings(run_dir: Path, recorded: Any = None) -> FitConfig:
