@@ -93,7 +93,7 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
     tic = time.perf_counter()
     done, skipped = [], []
     for i, ed in enumerate(settings.eds):
-        name = f"ed{ed}"
+        name = runs.default_run_name(ed)
         if (root / name / runs.METRICS).exists():
             skipped.append(name)
             progress("fit", i + 1, len(settings.eds), f"{name} already trained")
@@ -138,12 +138,13 @@ def _study_runs(settings: StudySettings, root: Path, unloadable: Unloadable) -> 
     """The study's runs that can be read; the others are noted in `unloadable`."""
     found = []
     for ed in settings.eds:
-        if any(entry.name == f"ed{ed}" for entry in unloadable):
+        name = runs.default_run_name(ed)
+        if any(entry.name == name for entry in unloadable):
             continue  # an earlier stage could not load it
         try:
-            found.append(runs.open_run(root / f"ed{ed}"))
+            found.append(runs.open_run(root / name))
         except RunError as exc:
-            _note(unloadable, f"ed{ed}", exc)
+            _note(unloadable, name, exc)
     return found
 
 
@@ -226,8 +227,9 @@ def split_time(settings: StudySettings, root: Path, spent: float
     in equal shares to the fits still to start, each of which trains to its share as
     `fit --time` does (a finished or interrupted run keeps its length)."""
     budget = float(settings.time_budget or 0)
-    todo = [f"ed{ed}" for ed in settings.eds if not (root / f"ed{ed}" / runs.STATE).exists()
-            and not (root / f"ed{ed}" / runs.METRICS).exists()]
+    names = [runs.default_run_name(ed) for ed in settings.eds]
+    todo = [name for name in names if not (root / name / runs.STATE).exists()
+            and not (root / name / runs.METRICS).exists()]
     share = (budget * (1 - REST_SHARE) - spent) / max(len(todo), 1)
     if todo and share < MIN_FIT_SECONDS:
         raise AetoolError(

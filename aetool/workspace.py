@@ -3,10 +3,10 @@
 A workspace (default `./runs`, or `--runs` / `$AETOOL_RUNS`) holds one folder per trained
 model (`ed4/`, `ed32/`, ...) and a `search/` folder. A run folder holds:
 
-    config.json    the resolved settings it was trained with
+    config.json    the resolved settings it was trained with (their one record)
     history.json   per-epoch train and validation loss, learning rate and seconds
     model.pt       the best weights by validation loss (a bare state_dict)
-    state.pt       everything needed to resume (model, optimiser, RNG states, history)
+    state.pt       the training state to resume from (model, optimiser, RNG states, history)
     metrics.json   written last: final test MSE, best epoch, timing, device, versions
 
 Nothing outside the workspace is written or deleted: a run name is one plain folder name
@@ -67,8 +67,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 __all__ = [
     "CONFIG", "HISTORY", "METRICS", "MODEL", "STATE", "Run", "RunLock", "RunWarning", "RunWriter",
-    "check_run_name", "jsonable", "list_runs", "load_json", "load_torch", "open_run",
-    "run_lock", "save_json", "save_torch", "select_runs", "workspace_root",
+    "check_run_name", "default_run_name", "jsonable", "list_runs", "load_json", "load_torch",
+    "open_run", "run_lock", "save_json", "save_torch", "select_runs", "workspace_root",
 ]
 
 
@@ -99,6 +99,12 @@ def check_run_name(name: Any) -> str:
             f"{', '.join(sorted(RESERVED))}."
         )
     return name
+
+
+def default_run_name(config: FitConfig | int) -> str:
+    """The name of a run that is not given one: `ed{ED}` for the settings `config` (or an
+    encoding dimension). The one place that decides it: fit, study and every reader use it."""
+    return f"ed{config if isinstance(config, int) else config.ed}"
 
 
 def workspace_root(root: Path | str | None = None) -> Path:
@@ -439,6 +445,7 @@ class RunWriter:
         self.replace = replace
         self.provenance = provenance  # config.json's record of what provided model and data
         self._pending: Path | None = None  # a new run's folder until its first epoch is saved
+        self.recorded: dict[str, Any] | None = None  # config.json as on disk (when resuming)
 
     def check(self) -> dict[str, Any] | None:
         """Refuse a start that would lose work; return the saved state when resuming."""
@@ -463,6 +470,13 @@ class RunWriter:
             raise RunError(f"{self.path} is already finished; there is nothing to resume.")
         if not (self.path / STATE).exists():
             raise RunError(f"{self.path} has no {STATE} to resume from.")
+        if not (self.path / CONFIG).is_file():
+            raise RunError(f"{self.path} has no {CONFIG}; it cannot be resumed.")
+        recorded = load_json(self.path / CONFIG)
+        if not isinstance(recorded, dict):
+            raise RunError(f"{self.path / CONFIG}: settings must be a JSON object, got "
+                           f"{recorded!r}.")
+        self.recorded = recorded
         state = load_torch(self.path / STATE)
         if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
             raise RunError(f"{self.path / STATE} does not hold a training state.")
@@ -487,13 +501,19 @@ class RunWriter:
 
     def save_epoch(self, config: FitConfig, state: dict[str, Any], history: list[dict],
                    best_weights: dict[str, torch.Tensor] | None) -> None:
-        """One finished epoch: the best weights when they improved, then the resume state,
-        then the history (a history on disk always has a state to resume from)."""
+        """One finished epoch: the settings when they are new or changed (config.json, the
+        one record of them: a resumed run may be given a new length), the best weights when
+        they improved, then the resume state (training state only, no settings), then the
+        history (a history on disk always has a state to resume from)."""
         folder = self.folder
         folder.mkdir(parents=True, exist_ok=True)
-        if self._pending is not None:
-            extra = {"provenance": self.provenance} if self.provenance else {}
-            save_json(folder / CONFIG, {**asdict(config), **extra})
+        settings = asdict(config)
+        if self._pending is not None or self.recorded is None or \
+                any(self.recorded.get(k, v) != v for k, v in settings.items()):
+            extra = {"provenance": self.provenance} if self.provenance and \
+                self._pending is not None else {}
+            self.recorded = {**(self.recorded or {}), **settings, **extra}
+            save_json(folder / CONFIG, self.recorded)
         if best_weights is not None:
             save_torch(folder / MODEL, best_weights)
         save_torch(folder / STATE, state)

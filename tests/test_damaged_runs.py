@@ -310,8 +310,7 @@ def test_report_shows_a_run_whose_model_is_gone(workspace):
 def test_resume_of_a_run_whose_model_is_gone_names_its_config(trained, workspace,
                                                               fake_data_dir):
     shutil.copytree(trained / "half", workspace / "half")
-    _names(workspace / "half", model="dense:hidden=64")
-    _state(workspace / "half", lambda s: s["config"].update(model="dense:hidden=64"))
+    _names(workspace / "half", model="dense:hidden=64")  # config.json: the one record
     result = invoke("fit", "--name", "half", "--resume", *data_args(fake_data_dir))
     assert "Invalid value" not in result.one_sentence().output
     assert "Run 'half' cannot be loaded" in result.output and "config.json" in result.output

@@ -129,14 +129,14 @@ def test_interrupt_keeps_finished_epochs_and_resume_reaches_the_same_result(
     with pytest.raises(RunError, match="--resume"):
         fit(config, run_dir, split=fake_split)
 
-    resumed = fit(resume_config(run_dir), run_dir, split=fake_split, resume=True)
+    resumed = fit(resume_config(run_dir), run_dir, split=fake_split, existing="resume")
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     for a, b in zip(straight.history, resumed.history, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-6)
         assert a.val_loss == pytest.approx(b.val_loss, rel=1e-6)
     assert resumed.test_mse == pytest.approx(straight.test_mse, rel=1e-6)
     with pytest.raises(RunError, match="already finished"):
-        fit(config, run_dir, split=fake_split, resume=True)
+        fit(config, run_dir, split=fake_split, existing="resume")
 
 
 def test_resume_refuses_other_settings(fake_split, tmp_path):
@@ -146,7 +146,7 @@ def test_resume_refuses_other_settings(fake_split, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(small(), tmp_path / "r", split=fake_split, on_epoch=stop)
     with pytest.raises(RunError, match="differ in lr"):
-        fit(small(lr=0.5), tmp_path / "r", split=fake_split, resume=True)
+        fit(small(lr=0.5), tmp_path / "r", split=fake_split, existing="resume")
 
 
 def test_resume_refuses_a_new_length_for_a_cosine_schedule(fake_split, tmp_path):
@@ -157,8 +157,9 @@ def test_resume_refuses_a_new_length_for_a_cosine_schedule(fake_split, tmp_path)
         fit(small("best", max_epochs=4), tmp_path / "r", split=fake_split, on_epoch=stop)
     longer = resume_config(tmp_path / "r", max_epochs=8)
     with pytest.raises(RunError, match="cosine schedule decays over the 4 epochs"):
-        fit(longer, tmp_path / "r", split=fake_split, resume=True)
-    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split, resume=True)
+        fit(longer, tmp_path / "r", split=fake_split, existing="resume")
+    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split,
+                  existing="resume")
     assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
     assert resumed.history[-1].lr < resumed.history[1].lr  # decayed on the original schedule
 

@@ -92,10 +92,11 @@ def test_resume_in_another_precision_is_refused(fake_split, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         fit(small(precision="bf16-mixed"), tmp_path / "r", split=fake_split, on_epoch=stop)
     with pytest.raises(RunError, match="in precision 32: it was trained in bf16-mixed"):
-        fit(small(), tmp_path / "r", split=fake_split, resume=True)
+        fit(small(), tmp_path / "r", split=fake_split, existing="resume")
     with pytest.raises(RunError, match="trained in bf16-mixed"):
         resume_config(tmp_path / "r", precision="32")
-    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split, resume=True)
+    resumed = fit(resume_config(tmp_path / "r"), tmp_path / "r", split=fake_split,
+                  existing="resume")
     assert resumed.config.precision == "bf16-mixed" and len(resumed.history) == 2
 
 

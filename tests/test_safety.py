@@ -166,11 +166,11 @@ def test_force_replaces_only_once_the_new_run_trained_an_epoch(finished, fake_sp
         raise KeyboardInterrupt  # stopped during the first epoch
 
     with pytest.raises(KeyboardInterrupt):
-        fit(config, workspace / "ed4", split=fake_split, replace=True, noise=broken_noise)
+        fit(config, workspace / "ed4", split=fake_split, existing="replace", noise=broken_noise)
     assert snapshot(workspace / "ed4") == before
     assert [p.name for p in workspace.iterdir()] == ["ed4"]  # no lock, no hidden folders
 
-    result = fit(config, workspace / "ed4", split=fake_split, replace=True)
+    result = fit(config, workspace / "ed4", split=fake_split, existing="replace")
     assert json.loads((workspace / "ed4" / runs.METRICS).read_text())["epochs"] == 2
     assert result.run_dir == workspace / "ed4"
     assert [p.name for p in workspace.iterdir()] == ["ed4"]

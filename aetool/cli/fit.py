@@ -163,8 +163,8 @@ def fit(
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other", param_hint="--resume")
     workspace = runs.Workspace(runs_root)
-    run_dir = workspace.run_dir(name if name is not None
-                                else f"ed{FitConfig.ed if ed is None else ed}")
+    run_dir = workspace.run_dir(
+        name if name is not None else runs.default_run_name(FitConfig.ed if ed is None else ed))
     if resume and time is not None:
         raise typer.BadParameter("a resumed run keeps the length its --time chose",
                                  param_hint="--time")

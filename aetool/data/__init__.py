@@ -554,11 +554,13 @@ def load_dataset(
     progress: ProgressFn | None = None,
     *,
     resize: bool = False,
+    resolved: bool = False,
 ) -> ImageData:
     """A registered data set (fetched if needed) or a path (image folder, .npz, IDX folder),
     checked and hashed, as uint8 tensors on `device`. `resize`: resize an image folder's
-    images to 28x28 instead of refusing other sizes."""
-    source = check_dataset(name, resize)
+    images to 28x28 instead of refusing other sizes. `resolved`: `name` is already what
+    `check_dataset(name, resize)` returned (a fit resolves its data set once)."""
+    source = name if resolved else check_dataset(name, resize)
     if source not in registered_datasets():
         arrays, classes = load_path(source, resize)
         return image_data(source, arrays, classes).to(device)

@@ -257,7 +257,7 @@ def _run_label(run: runs.Run) -> str:
     model = str(run.config.get("model") or "course").split(":")[0]
     if model != "course":
         label += f" {model}"
-    return label if run.name == f"ed{run.ed}" else f"{label} ({run.name})"
+    return label if run.name == runs.default_run_name(run.ed) else f"{label} ({run.name})"
 
 
 def _parameters(run: runs.Run) -> int | None:

@@ -9,9 +9,11 @@ epoch through a callback.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +42,7 @@ from aetool.data import (
 )
 from aetool.devices import device_description, resolve_device, synchronize
 from aetool.errors import AetoolError, RunError, SettingError
-from aetool.models import build_model, count_parameters, parse_model_spec
+from aetool.models import ModelSpec, count_parameters, parse_model_spec
 from aetool.train import budget
 from aetool.train.fast import make_train_epoch, resolve_mode, resolve_precision
 from aetool.train.step import (  # noqa: F401 (re-exported: they used to live here)
@@ -147,8 +149,9 @@ class _Training:
     mode: str = "eager"  # how the epochs ran (aetool.train.fast), for the metrics
     dataset_sha256: str | None = None  # of the data it trains on, kept for --resume to check
 
-    def state(self, config: FitConfig) -> dict[str, Any]:
-        """Everything `--resume` needs, as tensors and plain values only."""
+    def state(self) -> dict[str, Any]:
+        """The training state `--resume` needs, as tensors and plain values only; the settings
+        are not in it (config.json is their one record)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -158,7 +161,6 @@ class _Training:
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "seconds": self.elapsed,
-            "config": asdict(config),
             "dataset_sha256": self.dataset_sha256,
         }
 
@@ -185,61 +187,90 @@ class _Training:
         self.elapsed = state["seconds"]
 
 
-def _with_checked_model(config: FitConfig) -> FitConfig:
-    """The settings with the model spelt out in full (every parameter, as config.json records
-    it), after building it once on a dummy batch (`models.check_contract`), so a bad spec or a
-    plugin that breaks the contract stops the fit before any data is read."""
-    spec = parse_model_spec(config.model)
-    spec.build(config.ed)
-    return replace(config, model=spec.spec)
-
-
-def provenance(config: FitConfig) -> dict[str, Any]:
+def provenance(config: FitConfig, spec: ModelSpec | None = None,
+               noise: Any = None) -> dict[str, Any]:
     """What provided the run's model, data set and noise (package and version, see
-    `plugins.provided_by`) and aetool's version: recorded in config.json and metrics.json."""
+    `plugins.provided_by`) and aetool's version: recorded in config.json and metrics.json.
+    `spec` and `noise` (a `ConfiguredNoise`) are the parsed model and noise, when at hand."""
     from aetool import plugins
     from aetool.data.registry import registered_datasets
-    from aetool.noises import parse_noise_spec
+    from aetool.noises import ConfiguredNoise, parse_noise_spec
 
+    spec = spec if spec is not None else parse_model_spec(config.model)
     record: dict[str, Any] = {"aetool": __version__,
-                              "model": plugins.provided_by(parse_model_spec(config.model).model
-                                                           .plugin)}
+                              "model": plugins.provided_by(spec.model.plugin)}
     datasets = registered_datasets()
     record["dataset"] = (plugins.provided_by(datasets[config.dataset].plugin)
                          if config.dataset in datasets else {"path": config.dataset})
     if config.noise:
-        record["noise"] = plugins.provided_by(parse_noise_spec(config.noise)[0].noise.plugin)
+        noise = noise if isinstance(noise, ConfiguredNoise) else parse_noise_spec(config.noise)[0]
+        record["noise"] = plugins.provided_by(noise.noise.plugin)
     return record
 
 
-def _with_resolved_precision(config: FitConfig, device: torch.device) -> FitConfig:
-    """The settings with `auto` precision made concrete (config.json records what ran);
-    `SettingError` for a precision the device cannot run (16-mixed off CUDA)."""
-    return replace(config, precision=resolve_precision(config.precision, device))
+@dataclass
+class FitPlan:
+    """A fit's specs resolved once, at its entry (`plan_fit`), and passed down: the settings
+    as config.json records them (the model spelt out in full, the data set a registered name or
+    an absolute path, the precision concrete), the parsed model, the device, the noise, the
+    provenance, and the run's network: built once (after `torch.manual_seed(config.seed)`) and
+    checked against the contract (`models.check_contract`) before any data is read."""
+
+    config: FitConfig
+    spec: ModelSpec
+    device: torch.device
+    provenance: dict[str, Any]
+    noise: NoiseFn | None = None
+    network: torch.nn.Module | None = None  # until the fit that trains it takes it
+    dataset_resolved: bool = True  # False: the fit was given its data (`split`)
+
+    def take_network(self) -> torch.nn.Module:
+        """The run's initial network, once; a plan used again builds the same one afresh."""
+        network, self.network = self.network, None
+        if network is None:
+            torch.manual_seed(self.config.seed)
+            network = self.spec.build(self.config.ed)
+        return network
 
 
-def _with_resolved_dataset(config: FitConfig) -> FitConfig:
-    """The settings with the data set as a registered name or an absolute path (what
-    config.json records), after checking it exists and that `resize` suits it."""
-    return replace(config, dataset=check_dataset(config.dataset, config.resize))
+def plan_fit(config: FitConfig, *, noise: NoiseFn | None = None,
+             load_data: bool = True) -> FitPlan:
+    """Check every setting and resolve each spec of `config` once (`SettingError` for the
+    first that cannot work, before anything is read or written): the model (parsed, its
+    network built and checked), the device, `auto` precision, the noise (unless `noise` is
+    given), the data set (unless `load_data` is False: the caller has the data) and the
+    provenance."""
+    config.validate()
+    spec = parse_model_spec(config.model)
+    torch.manual_seed(config.seed)  # the run's initial weights
+    network = spec.build(config.ed)
+    device = resolve_device(config.device)
+    config = replace(config, model=spec.spec,
+                     precision=resolve_precision(config.precision, device))
+    configured = _resolve_noise(config.noise) if noise is None else None
+    if load_data:
+        config = replace(config, dataset=check_dataset(config.dataset, config.resize))
+    return FitPlan(config, spec, device, provenance(config, spec, configured),
+                   noise if noise is not None else configured, network, load_data)
 
 
-def _start(config: FitConfig, device: torch.device) -> _Training:
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, config.ed, device)
+def _start(config: FitConfig, network: torch.nn.Module, device: torch.device) -> _Training:
+    model = network.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return _Training(model, optimizer, torch.Generator().manual_seed(config.seed),
                      make_generator(device, config.seed + 1))
 
 
-def _load_split(config: FitConfig, split: Split | None, data_dir: Path | str | None,
-                device: torch.device, progress: ProgressFn | None) -> tuple[Split, str | None]:
+def _load_split(plan: FitPlan, split: Split | None, data_dir: Path | str | None,
+                progress: ProgressFn | None) -> tuple[Split, str | None]:
+    config, device = plan.config, plan.device
     if split is not None:  # data already in memory (tests pass small slices)
         return Split(*(None if t is None else t.to(device) for t in (
             split.train, split.val, split.test,
             split.train_labels, split.val_labels, split.test_labels,
         ))), None
-    data = load_dataset(config.dataset, data_dir, device, progress, resize=config.resize)
+    data = load_dataset(config.dataset, data_dir, device, progress, resize=config.resize,
+                        resolved=plan.dataset_resolved)
     return split_train_val(data, config.val_size, config.split_seed), data.checksum
 
 
@@ -276,18 +307,27 @@ def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, nois
             t.best_val, t.best_epoch = val_loss, epoch + 1
         stopped_early = should_stop([r.val_loss for r in t.history], config.patience,
                                     config.tolerance)
-        writer.save_epoch(config, t.state(config), [asdict(r) for r in t.history],
+        writer.save_epoch(config, t.state(), [asdict(r) for r in t.history],
                           t.model.state_dict() if improved else None)
         if on_epoch is not None:
             on_epoch(record, config)
     return stopped_early
 
 
-def _plan_time_budget(config: FitConfig, split: Split, device: torch.device, mode: str,
+def _plan_time_budget(config: FitConfig, network: torch.nn.Module, split: Split,
+                      device: torch.device, mode: str,
                       noise: NoiseFn | None) -> tuple[FitConfig, dict[str, Any]]:
     """The settings with `max_epochs` chosen so the whole run fits `config.time_budget`
-    (`aetool.train.budget`), timed on a throwaway model before the run's own model exists."""
-    probe = _start(replace(config, seed=config.seed + 1), device)
+    (`aetool.train.budget`), timed on a throwaway copy of the run's `network` that leaves
+    the random number generators as they were."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _timed_plan(config, _start(replace(config, seed=config.seed + 1),
+                                          copy.deepcopy(network), device),
+                           split, device, mode, noise)
+
+
+def _timed_plan(config: FitConfig, probe: _Training, split: Split, device: torch.device,
+                mode: str, noise: NoiseFn | None) -> tuple[FitConfig, dict[str, Any]]:
     run_epoch = make_train_epoch(probe.model, probe.optimizer, device, mode, config.precision)
     images = split.train.shape[0]
     batch = min(config.batch_size, images)
@@ -309,13 +349,14 @@ def _plan_time_budget(config: FitConfig, split: Split, device: torch.device, mod
     return replace(config, max_epochs=plan.max_epochs), asdict(plan)
 
 
-def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source: Path | None,
-           split: Split, checksum: str | None, device: torch.device, mode: str,
-           noise: NoiseFn | None, on_epoch: EpochCallback | None) -> FitResult:
-    plan = None
+def _train(fit_plan: FitPlan, writer: Any, state: dict[str, Any] | None, source: Path | None,
+           split: Split, checksum: str | None, mode: str,
+           on_epoch: EpochCallback | None) -> FitResult:
+    config, device, noise = fit_plan.config, fit_plan.device, fit_plan.noise
+    network, plan = fit_plan.take_network(), None
     if state is None and config.time_budget is not None:  # a resumed run keeps its length
-        config, plan = _plan_time_budget(config, split, device, mode, noise)
-    t = _start(config, device)
+        config, plan = _plan_time_budget(config, network, split, device, mode, noise)
+    t = _start(config, network, device)
     if state is not None:
         t.restore(state, source or Path(runs.STATE))
         check_unchanged(config.dataset, checksum, state.get("dataset_sha256"),
@@ -346,7 +387,7 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
         "dataset_sha256": checksum,
         "parameters": count_parameters(t.model),
         "environment": _environment(device, t.mode, config.precision),
-        "provenance": provenance(config),
+        "provenance": fit_plan.provenance,
         "time_budget": plan or ({"budget": config.time_budget} if config.time_budget else None),
     }
     writer.finish(metrics)
@@ -355,89 +396,124 @@ def _train(config: FitConfig, writer: Any, state: dict[str, Any] | None, source:
 
 
 def fit(
-    config: FitConfig,
+    config: FitConfig | FitPlan,
     run_dir: Path | str | None = None,
     *,
     split: Split | None = None,
     data_dir: Path | str | None = None,
-    resume: bool = False,
-    replace: bool = False,
+    existing: str = "refuse",
     on_epoch: EpochCallback | None = None,
     noise: NoiseFn | None = None,
     data_progress: ProgressFn | None = None,
     mode: str = "auto",
+    resume: bool | None = None,
+    replace: bool | None = None,
 ) -> FitResult:
     """Train one autoencoder with early stopping and write its run folder.
 
-    `split` may be passed to train on data already in memory (tests pass small slices);
-    otherwise the configured data set is loaded onto the device. With `resume=True` the run
-    continues from `run_dir/state.pt` to the same result an uninterrupted run reaches. With
-    `replace=True` a run already in `run_dir` is replaced once the new one has saved its first
-    epoch (until then it stays as it was). An interrupt (KeyboardInterrupt) leaves the last
-    finished epoch on disk; a start that fails before its first epoch leaves nothing. `mode`
-    picks how each epoch runs (`aetool.train.fast.MODES`: auto, graph, compile, tuned, eager);
-    all give the same losses within float tolerance, and `eager` is the plain loop to debug.
-    Every setting is checked before anything is read or written (`SettingError`).
+    `config` is checked and resolved once (`plan_fit`; or pass a `FitPlan`). `split` may be
+    passed to train on data already in memory (tests pass small slices); otherwise the
+    configured data set is loaded onto the device. `existing` says what to do with a run
+    already in `run_dir`: `refuse` it, `resume` it (the unfinished run continues from
+    `state.pt` to the same result an uninterrupted run reaches), `replace` it (once the new
+    run has saved its first epoch; until then it stays as it was), or `continue` (return a
+    finished run as it is, resume an unfinished one, start a new one where there is none).
+    `resume=True` and `replace=True` are the deprecated spellings of the last two. An interrupt
+    (KeyboardInterrupt) leaves the last finished epoch on disk; a start that fails before its
+    first epoch leaves nothing. `mode` picks how each epoch runs (`aetool.train.fast.MODES`:
+    auto, graph, compile, tuned, eager); all give the same losses within float tolerance, and
+    `eager` is the plain loop to debug. Every setting is checked before anything is read or
+    written (`SettingError`).
     """
-    config.validate()
-    config = _with_checked_model(config)
-    device = resolve_device(config.device)
-    mode = resolve_mode(mode, device)
-    config = _with_resolved_precision(config, device)
-    noise = noise if noise is not None else _resolve_noise(config.noise)
-    if split is None:
-        config = _with_resolved_dataset(config)
-    if resume and replace:
-        raise SettingError("replace", "resume and replace exclude each other.")
+    existing = _existing(existing, resume, replace)
+    if run_dir is not None and existing == "continue":
+        if (Path(run_dir) / runs.METRICS).exists():
+            return finished_result(run_dir)
+        existing = "resume" if (Path(run_dir) / runs.STATE).exists() else "refuse"
+    plan = config if isinstance(config, FitPlan) else \
+        _plan_for(config, run_dir, existing, noise=noise, load_data=split is None)
+    mode = resolve_mode(mode, plan.device)
     if run_dir is None:
-        data, checksum = _load_split(config, split, data_dir, device, data_progress)
-        return _train(config, _InMemory(), None, None, data, checksum, device, mode, noise,
-                      on_epoch)
+        data, checksum = _load_split(plan, split, data_dir, data_progress)
+        return _train(plan, _InMemory(), None, None, data, checksum, mode, on_epoch)
     run_dir = Path(run_dir)
     with runs.run_lock(run_dir):
-        writer = runs.RunWriter(run_dir, resume=resume, replace=replace,
-                                provenance=provenance(config))
+        writer = runs.RunWriter(run_dir, resume=existing == "resume",
+                                replace=existing == "replace", provenance=plan.provenance)
         state = writer.check()  # refuse early, before any data is loaded
         if state is not None:
-            _check_resumable(run_dir, state, config)
+            _check_resumable(run_dir, writer.recorded or {}, plan)
         try:
-            data, checksum = _load_split(config, split, data_dir, device, data_progress)
-            result = _train(config, writer, state, run_dir / runs.STATE, data, checksum,
-                            device, mode, noise, on_epoch)
+            data, checksum = _load_split(plan, split, data_dir, data_progress)
+            result = _train(plan, writer, state, run_dir / runs.STATE, data, checksum, mode,
+                            on_epoch)
         finally:
             writer.abandon()
     result.run_dir = run_dir
     return result
 
 
-EXISTING = ("refuse", "resume", "replace", "continue")  # what fit_run does with a run there
+EXISTING = ("refuse", "resume", "replace", "continue")  # what fit does with a run there
+
+
+def _existing(existing: str, resume: bool | None, replace: bool | None) -> str:
+    """`existing` checked, with the deprecated `resume=` and `replace=` of `fit` turned into
+    it (each with a DeprecationWarning)."""
+    for keyword, value in (("resume", resume), ("replace", replace)):
+        if value is not None:
+            warnings.warn(f"fit's {keyword}= is deprecated and goes in a later release; write "
+                          f"existing={keyword!r} instead.", DeprecationWarning, stacklevel=3)
+    if resume and replace:
+        raise SettingError("replace", "resume and replace exclude each other.")
+    if (resume or replace) and existing != "refuse":
+        raise SettingError("existing", f"existing={existing!r} and the deprecated "
+                           f"{'resume' if resume else 'replace'}=True exclude each other.")
+    existing = "resume" if resume else "replace" if replace else existing
+    if existing not in EXISTING:
+        raise SettingError("existing", f"existing must be one of {', '.join(EXISTING)}, "
+                           f"got {existing!r}.")
+    return existing
+
+
+def _plan_for(config: FitConfig, run_dir: Path | str | None, existing: str,
+              **options: Any) -> FitPlan:
+    """`plan_fit(config, **options)`; when resuming, a model or data set that the run's
+    config.json names and that cannot be had here is a `RunError` naming that file."""
+    try:
+        return plan_fit(config, **options)
+    except SettingError as exc:
+        what = {"model": "model", "dataset": "data set", "resize": "data set"}.get(exc.field)
+        record = Path(run_dir) / runs.CONFIG if run_dir is not None else None
+        if what is None or existing != "resume" or record is None or not record.is_file():
+            raise
+        value = config.model if what == "model" else config.dataset
+        saved = runs.load_json(record)
+        if not isinstance(saved, dict) or \
+                saved.get("model" if what == "model" else "dataset") != value:
+            raise
+        raise runs.Run(Path(run_dir), saved).unavailable(what, value, exc) from None
 
 
 def fit_run(
-    config: FitConfig,
+    config: FitConfig | FitPlan,
     runs_root: Path | str | None = None,
     name: str | None = None,
     *,
     existing: str = "refuse",
     **options: Any,
 ) -> FitResult:
-    """Fit run `name` (default `ed{ED}`, one plain folder name) in the workspace `runs_root`
-    (default `$AETOOL_RUNS` or `./runs`); `options` go to `fit`.
+    """Fit run `name` (default `workspace.default_run_name`: `ed{ED}`; one plain folder name)
+    in the workspace `runs_root` (default `$AETOOL_RUNS` or `./runs`); `existing` and the
+    other `options` go to `fit`.
 
     `existing` says what to do with a run already in that folder: `refuse` it (start a new run
     only where there is none), `resume` it (the unfinished run, with the same settings),
     `replace` it (once the new run has trained its first epoch), or `continue` (return a
     finished run as it is, resume an unfinished one, start a new one where there is none)."""
-    if existing not in EXISTING:
-        raise SettingError("existing", f"existing must be one of {', '.join(EXISTING)}, "
-                           f"got {existing!r}.")
-    path = runs.Workspace(runs_root).run_dir(name if name is not None else f"ed{config.ed}")
-    if existing == "continue":
-        if (path / runs.METRICS).exists():
-            return finished_result(path)
-        existing = "resume" if (path / runs.STATE).exists() else "refuse"
-    return fit(config, path, resume=existing == "resume", replace=existing == "replace",
-               **options)
+    settings = config.config if isinstance(config, FitPlan) else config
+    path = runs.Workspace(runs_root).run_dir(
+        name if name is not None else runs.default_run_name(settings))
+    return fit(config, path, existing=existing, **options)
 
 
 def finished_result(path: Path | str) -> FitResult:
@@ -466,16 +542,22 @@ def run_config(preset: str | None = DEFAULT_PRESET, *, runs_root: Path | str | N
         ed = overrides.get("ed")  # None: the default; 0 is a (bad) value, not "not given"
         best = best_setting(runs_root, FitConfig.ed if ed is None else ed, model)
         chosen = {k: v for k, v in overrides.items() if v is not None}
-        overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen}
+        overrides = {"lr": best["lr"], "weight_decay": best["weight_decay"], **chosen,
+                     "model": model}
+        return preset_config(preset, **overrides)
     config = preset_config(preset, **overrides)
     return replace(config, model=parse_model_spec(config.model).spec)
 
 
-def _saved_settings(run_dir: Path, state: dict[str, Any]) -> FitConfig:
+def _saved_settings(run_dir: Path, recorded: Any = None) -> FitConfig:
+    """The settings of the run in `run_dir` from its config.json (the one record of them; read
+    from disk unless `recorded` holds what it says); a `RunError` naming it when it is bad."""
+    if recorded is None:
+        recorded = runs.load_json(run_dir / runs.CONFIG)
     try:
-        return FitConfig.from_dict(state.get("config", {}))
+        return FitConfig.from_dict(recorded)
     except SettingError as exc:
-        raise RunError(f"{run_dir / runs.STATE} holds bad settings: {exc}") from None
+        raise RunError(f"{run_dir / runs.CONFIG}: {exc}") from None
 
 
 def _check_same_settings(run_dir: Path, saved: FitConfig, config: FitConfig) -> None:
@@ -492,10 +574,10 @@ def _check_same_settings(run_dir: Path, saved: FitConfig, config: FitConfig) -> 
         )
 
 
-def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) -> None:
-    """Refuse to resume with settings other than the saved state's, or when the best weights
-    saved so far do not fit the model."""
-    saved = _saved_settings(run_dir, state)
+def _check_resumable(run_dir: Path, recorded: dict[str, Any], plan: FitPlan) -> None:
+    """Refuse to resume with settings other than config.json's (`recorded`), or when the best
+    weights saved so far do not fit the plan's network (checked without building another)."""
+    saved, config = _saved_settings(run_dir, recorded), plan.config
     if saved.schedule == "cosine" and saved.max_epochs != config.max_epochs:
         raise RunError(
             f"Cannot resume {run_dir} with max_epochs {config.max_epochs}: its cosine schedule "
@@ -503,33 +585,27 @@ def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) ->
             "a new max_epochs."
         )
     _check_same_settings(run_dir, saved, config)
-    if (run_dir / runs.MODEL).exists():  # the best weights so far, read again at the end
-        from aetool.models import load_weights
+    if (run_dir / runs.MODEL).exists() and plan.network is not None:
+        from aetool.models import check_finite, load_state_dict_file, state_mismatch
 
-        load_weights(config.model, config.ed, run_dir / runs.MODEL)
+        best = load_state_dict_file(run_dir / runs.MODEL)  # read again at the end
+        problem = state_mismatch(best, dict(plan.network.state_dict()))
+        if problem is not None:
+            raise AetoolError(f"{run_dir / runs.MODEL} does not hold the weights of a "
+                              f"{config.model!r} model with encoding dimension {config.ed} "
+                              f"({problem}).")
+        check_finite(best, run_dir / runs.MODEL)
 
 
 def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
-    """The settings an unfinished run was started with (optionally with a new max_epochs)."""
+    """The settings an unfinished run was started with, read from its config.json (optionally
+    with a new max_epochs; other overrides must equal them). Whether its model and data set can
+    be had here is checked once, by the fit."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG).exists():
         raise RunError(f"{run_dir} has no {runs.CONFIG}; there is nothing to resume.")
-    try:
-        config = FitConfig.from_dict(runs.load_json(run_dir / runs.CONFIG))
-    except SettingError as exc:
-        raise RunError(f"{run_dir / runs.CONFIG}: {exc}") from None
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    saved = _saved_settings(run_dir)
+    config = replace(saved, **{k: v for k, v in overrides.items() if v is not None})
     config.validate()
-    if (run_dir / runs.STATE).is_file():  # a damaged config.json is found before any work
-        state = runs.load_torch(run_dir / runs.STATE)
-        if isinstance(state, dict):
-            _check_same_settings(run_dir, _saved_settings(run_dir, state), config)
-    run = runs.Run(run_dir, asdict(config))
-    if overrides.get("model") is None:
-        try:
-            parse_model_spec(config.model).build(config.ed)
-        except SettingError as exc:
-            raise run.unavailable("model", config.model, exc) from None
-    if overrides.get("dataset") is None:
-        run.dataset()
+    _check_same_settings(run_dir, saved, config)
     return config

@@ -4,7 +4,9 @@ type and shape the training loop needs, so a damaged file is one sentence naming
 
 `state.pt` holds (see `aetool.train.loop._Training.state`): the model's and the optimiser's
 state_dicts, the generators' states, the history, the best validation loss and its epoch, the
-seconds trained, the settings and the data set's sha256.
+seconds trained and the data set's sha256. The settings are in the run's config.json alone; a
+state.pt written before that (issue 22) also holds them under "config", which is accepted and
+not read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from aetool.checks import check_list, check_object, shown
 from aetool.errors import RunError
 
 STATE_FIELDS = {"model": "dict", "optimizer": "dict", "history": "list", "best_val": "loss",
-                "best_epoch": "int", "seconds": "seconds", "config": "dict",
+                "best_epoch": "int", "seconds": "seconds", "config": "dict",  # (old files)
                 "dataset_sha256": "str?"}
 REQUIRED = ("model", "optimizer", "history", "best_val", "best_epoch", "seconds")
 ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")  # what Adam keeps for a parameter it stepped
