@@ -591,10 +591,10 @@ class Run:
     def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201 (nn.Module)
         """The run's best weights in its own architecture (`config.json`'s model), eval mode.
         A model no plugin here provides is a `RunError` naming the run and its config.json."""
-        from aetool.models import load_weights
+        from aetool.models import load_model
 
         try:
-            module = load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+            module = load_model(self.path / MODEL, self.ed, device, model=self.settings.model)
         except SettingError as exc:
             raise self.unavailable("model", self.settings.model, exc) from None
         self._warn_if_changed("model", self.settings.model)

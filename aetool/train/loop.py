@@ -504,9 +504,9 @@ def _check_resumable(run_dir: Path, state: dict[str, Any], config: FitConfig) ->
         )
     _check_same_settings(run_dir, saved, config)
     if (run_dir / runs.MODEL).exists():  # the best weights so far, read again at the end
-        from aetool.models import load_weights
+        from aetool.models import load_model
 
-        load_weights(config.model, config.ed, run_dir / runs.MODEL)
+        load_model(run_dir / runs.MODEL, config.ed, model=config.model)
 
 
 def resume_config(run_dir: Path | str, **overrides: Any) -> FitConfig:
