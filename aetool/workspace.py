@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import filelock
 import torch
@@ -737,6 +737,9 @@ def select_runs(
 # --------------------------------------------------------------------------- records
 
 
+R = TypeVar("R", bound="Record")
+
+
 @dataclass
 class Record:
     """What one file of the workspace holds, as typed fields: the one description of the file
@@ -757,8 +760,8 @@ class Record:
     _absent: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, obj: Any, path: Path | str | None = None, what: str | None = None
-                  ) -> Record:
+    def from_json(cls: type[R], obj: Any, path: Path | str | None = None,
+                  what: str | None = None) -> R:
         """The record of a parsed JSON object read from `path` (`what`: its place in the
         file, when it is an entry of a list)."""
         from aetool.checks import check_object
@@ -768,7 +771,7 @@ class Record:
         return cls.build(checked)
 
     @classmethod
-    def build(cls, checked: dict[str, Any]) -> Record:
+    def build(cls: type[R], checked: dict[str, Any]) -> R:
         """The record of an already checked object (its unknown keys go to `extra`)."""
         known = {f.name for f in fields(cls) if f.init} - {"extra"}
         record = cls(**{k: v for k, v in checked.items() if k in known},
@@ -795,7 +798,7 @@ class Record:
         return {**out, **self.extra}
 
     @classmethod
-    def read(cls, path: Path | str) -> Record:
+    def read(cls: type[R], path: Path | str) -> R:
         """The checked record of the file `path` (a `RunError` naming it when it is missing,
         not JSON or damaged)."""
         return cls.from_json(load_json(path), path)
