@@ -21,7 +21,6 @@ from aetool.train.budget import MAX_EPOCHS, duration_text
 from aetool.train.loop import fit_run, resume_config, run_config
 
 STAGES = ("search", "fit", "corrupt", "embed", "report")
-STUDY_FILE = runs.STUDY_FILE
 
 
 def check_study(settings: StudySettings) -> None:
@@ -286,5 +285,10 @@ def run_study(
         "time_plan": time_plan,
         "unloadable": [asdict(entry) for entry in unloadable],
     }
-    runs.save_json(root / STUDY_FILE, summary)
+    runs.StudySummary.from_json(summary).write(runs.Workspace(root).study)
     return summary
+
+
+def __getattr__(name: str) -> Any:
+    """The file name this module had (deprecated: it is the workspace's)."""
+    return runs.old_file_name(__name__, name, ("STUDY_FILE",))

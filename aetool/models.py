@@ -15,6 +15,7 @@ a run folder without one is a `course` run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,25 +208,11 @@ def check_finite(state: dict[str, torch.Tensor], path: Path | str) -> None:
 
 def load_weights(spec: str | None, ed: int, path: Path | str,
                  device: torch.device | str = "cpu") -> nn.Module:
-    """The model `spec` for `ed` with the weights of checkpoint `path` (a bare state_dict,
-    read safely), in eval mode. A checkpoint of another model or ED (checked before the model
-    is built, so a damaged file never makes a huge one) or with weights that are not finite
-    is one sentence naming the file; a `SettingError` when the spec cannot be built."""
-    from aetool.models import load_state_dict_file
-
-    state = load_state_dict_file(path)
-    wanted = f"a {spec or DEFAULT_MODEL!r} model with encoding dimension {ed}"
-    expected = expected_state(spec, ed)
-    problem = state_mismatch(state, expected) if expected is not None else None
-    if problem is not None:
-        raise AetoolError(f"{path} does not hold the weights of {wanted} ({problem}).")
-    check_finite(state, path)
-    module = build_model(spec, ed)
-    try:
-        module.load_state_dict(state)
-    except Exception:  # noqa: BLE001 - any mismatch PyTorch finds, in any words
-        raise AetoolError(f"{path} does not hold the weights of {wanted}.") from None
-    return module.to(device).eval()
+    """Deprecated (goes in the next release): `load_model(path, ed, device, model=spec)`."""
+    warnings.warn("aetool.models.load_weights is deprecated and goes in the next release; use "
+                  "aetool.models.load_model(path, ed, device, model=spec) instead.",
+                  DeprecationWarning, stacklevel=2)
+    return load_model(path, ed, device, model=spec)
 
 
 def describe_models(ed: int = 4) -> list[dict[str, Any]]:
@@ -321,17 +308,49 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    path: Path | str, encoding_dim: int | None = None, device: torch.device | str = "cpu"
-) -> Autoencoder:
-    """Build an `Autoencoder` from a checkpoint file; the ED is read from it when not given."""
+    path: Path | str, encoding_dim: int | None = None, device: torch.device | str = "cpu",
+    *, model: str | None = None,
+) -> nn.Module:
+    """The one checkpoint loader: the model `model` (a spec; None is the course autoencoder)
+    with the weights of checkpoint `path`, on `device`, in eval mode. Every command, `Run.model`
+    and the seed checkpoints load through it.
+
+    The file is read safely (`torch.load(weights_only=True)`; a bare state_dict or a run's
+    resume state). `encoding_dim` is read off the file when not given (the course model's
+    only). A checkpoint of another model or ED (checked before the model is built, so a damaged
+    file never makes a huge one) or with weights that are not finite is one sentence naming the
+    file (`AetoolError`); a `SettingError` when the spec cannot be built here."""
     state = load_state_dict_file(path)
-    found = encoding_dim_of(state)
-    if encoding_dim is not None and encoding_dim != found:
-        raise AetoolError(f"Checkpoint {path} has encoding dimension {found}, not {encoding_dim}.")
-    model = Autoencoder(found)
+    if encoding_dim is None:
+        if parse_model_spec(model).model.name != DEFAULT_MODEL:
+            raise AetoolError(f"Give the encoding dimension to load {path} as a {model!r} "
+                              "model; only the course model's is read off its checkpoint.")
+        encoding_dim = encoding_dim_of(state)
+    _check_state(state, model, encoding_dim, path)
+    wanted = f"a {model or DEFAULT_MODEL!r} model with encoding dimension {encoding_dim}"
+    module = build_model(model, encoding_dim)
     try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise AetoolError(f"Checkpoint {path} does not match the course autoencoder's layers "
-                          "and shapes.") from None
-    return model.to(device).eval()
+        module.load_state_dict(state)
+    except Exception:  # noqa: BLE001 - any mismatch PyTorch finds, in any words
+        raise AetoolError(f"{path} does not hold the weights of {wanted}.") from None
+    return module.to(device).eval()
+
+
+def _check_state(state: dict[str, torch.Tensor], spec: str | None, ed: int,
+                 path: Path | str) -> None:
+    """Refuse a checkpoint that is not the model `spec` at `ed`: a whole checkpoint of another
+    encoding dimension says so; other keys, shapes or kinds of number name the first one that
+    differs; NaN or infinite weights are refused (`check_finite`)."""
+    expected = expected_state(spec, ed)
+    problem = state_mismatch(state, expected) if expected is not None else None
+    if problem is not None:
+        try:
+            found = encoding_dim_of(state)
+        except AetoolError:
+            found = ed
+        other = expected_state(spec, found) if found != ed else None
+        if other is not None and state_mismatch(state, other) is None:
+            raise AetoolError(f"Checkpoint {path} has encoding dimension {found}, not {ed}.")
+        raise AetoolError(f"{path} does not hold the weights of a {spec or DEFAULT_MODEL!r} "
+                          f"model with encoding dimension {ed} ({problem}).")
+    check_finite(state, path)

@@ -359,15 +359,15 @@ def _worst(values: Sequence[float], reference: Sequence[float]) -> float:
 
 def _round_trip(parsed: ModelSpec, ed: int, trained: Trained, data: _TrainingData) -> str:
     """Save the trained weights with aetool's `save_torch`, read them back as every command
-    does (`load_weights`: weights_only=True, shapes checked), compare the outputs."""
+    does (`load_model`: weights_only=True, shapes checked), compare the outputs."""
     from aetool.files import save_torch
-    from aetool.models import load_weights
+    from aetool.models import load_model
 
     module = trained.module.eval()
     with tempfile.TemporaryDirectory(prefix="aetool-check-") as folder:
         path = Path(folder) / "model.pt"
         save_torch(path, module.state_dict())
-        loaded = load_weights(parsed.spec, ed, path, data.probe.device)
+        loaded = load_model(path, ed, data.probe.device, model=parsed.spec)
     with torch.no_grad():
         want, got = module(data.probe), loaded(data.probe)
     cuda = want.device.type == "cuda"

@@ -31,9 +31,9 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import filelock
 import torch
@@ -66,9 +66,12 @@ NAME_RULE = ("one folder name of letters, digits, '_', '-' and '.', starting wit
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 __all__ = [
-    "CONFIG", "HISTORY", "METRICS", "MODEL", "STATE", "Run", "RunLock", "RunWarning", "RunWriter",
-    "check_run_name", "default_run_name", "jsonable", "list_runs", "load_json", "load_torch",
-    "open_run", "run_lock", "save_json", "save_torch", "select_runs", "workspace_root",
+    "CONFIG", "EMBEDDING_JSON", "HISTORY", "METRICS", "MODEL", "NOISE_TABLE", "RECORDS",
+    "SEARCH_RESULTS", "STATE", "STUDY_FILE", "EmbeddingSummary", "Metrics", "NoiseRow",
+    "NoiseTable", "Record", "Run", "RunLock", "RunWarning", "RunWriter", "SearchResults",
+    "StudySummary", "check_run_name", "default_run_name", "jsonable", "list_runs", "load_json",
+    "load_torch", "open_run", "run_lock", "save_json", "save_torch", "select_runs",
+    "workspace_root",
 ]
 
 
@@ -124,6 +127,16 @@ def default_runs_root() -> Path:
 def run_path(root: Path | str | None, name: str) -> Path:
     """The folder of run `name` in the workspace, after checking the name."""
     return workspace_root(root) / check_run_name(name)
+
+
+def old_file_name(module: str, name: str, names: tuple[str, ...]) -> str:
+    """A file name constant that `module` had as a second name of the workspace's (one of
+    `names`), with a DeprecationWarning; an `AttributeError` for any other `name`."""
+    if name not in names:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    warnings.warn(f"{module}.{name} is deprecated and goes in the next release; use "
+                  f"aetool.workspace.{name} instead.", DeprecationWarning, stacklevel=3)
+    return globals()[name]
 
 
 def embedding_plot(method: str) -> str:
@@ -536,7 +549,8 @@ class RunWriter:
         return load_torch(self.path / MODEL)
 
     def finish(self, metrics: dict[str, Any]) -> None:
-        save_json(self.path / METRICS, metrics)
+        """Write `metrics.json` through its record, the same one every reader uses."""
+        Metrics.from_json(metrics, self.path / METRICS).write(self.path / METRICS)
 
     def abandon(self) -> None:
         """Remove a new run's folder that never saved an epoch (a failed or stopped start)."""
@@ -561,9 +575,7 @@ HISTORY_FIELDS = {"epoch": "count", "train_loss": "loss", "val_loss": "loss", "l
 
 
 def _check_metrics(path: Path, metrics: Any) -> dict[str, Any]:
-    from aetool.checks import check_object
-
-    return check_object(path, metrics, METRICS_FIELDS, required=("test_mse",))
+    return Metrics.from_json(metrics, path).to_json()
 
 
 @dataclass
@@ -601,10 +613,10 @@ class Run:
     def model(self, device: torch.device | str = "cpu"):  # noqa: ANN201 (nn.Module)
         """The run's best weights in its own architecture (`config.json`'s model), eval mode.
         A model no plugin here provides is a `RunError` naming the run and its config.json."""
-        from aetool.models import load_weights
+        from aetool.models import load_model
 
         try:
-            module = load_weights(self.settings.model, self.ed, self.path / MODEL, device)
+            module = load_model(self.path / MODEL, self.ed, device, model=self.settings.model)
         except SettingError as exc:
             raise self.unavailable("model", self.settings.model, exc) from None
         self._warn_if_changed("model", self.settings.model)
@@ -742,3 +754,245 @@ def select_runs(
         if not picked and not unreadable:
             raise RunError(f"No run in {root} has encoding dimension {', '.join(map(str, eds))}.")
     return picked
+
+
+# --------------------------------------------------------------------------- records
+
+
+R = TypeVar("R", bound="Record")
+
+
+@dataclass
+class Record:
+    """What one file of the workspace holds, as typed fields: the one description of the file
+    that its writer and every reader use.
+
+    `from_json(obj, path)` checks the parsed JSON with `aetool.checks` (a damaged or
+    hand-edited file is one `RunError` sentence naming the file and the value); `to_json()`
+    is what `write` saves. A file may lack keys (older versions wrote fewer: they read as None
+    and are not written back) and may hold keys a record does not know (kept in `extra` and
+    written back), so `from_json(obj).to_json()` is `obj`, checked."""
+
+    FILE: ClassVar[str] = ""  # the file's name in its folder
+    FIELDS: ClassVar[dict[str, str]] = {}  # key -> kind (`aetool.checks`)
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset()  # keys not written when None
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    _absent: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls: type[R], obj: Any, path: Path | str | None = None,
+                  what: str | None = None) -> R:
+        """The record of a parsed JSON object read from `path` (`what`: its place in the
+        file, when it is an entry of a list)."""
+        from aetool.checks import check_object
+
+        where = path if path is not None else cls.FILE or cls.__name__
+        checked = cls.check_parts(where, check_object(where, obj, cls.FIELDS, cls.REQUIRED, what))
+        return cls.build(checked)
+
+    @classmethod
+    def build(cls: type[R], checked: dict[str, Any]) -> R:
+        """The record of an already checked object (its unknown keys go to `extra`)."""
+        known = {f.name for f in fields(cls) if f.init} - {"extra"}
+        record = cls(**{k: v for k, v in checked.items() if k in known},
+                     extra={k: v for k, v in checked.items() if k not in known})
+        record._absent = frozenset(known - set(checked))
+        return record
+
+    @classmethod
+    def check_parts(cls, path: Path | str, checked: dict[str, Any]) -> dict[str, Any]:
+        """Check (and build) what `FIELDS` cannot say: lists of entries, nested objects."""
+        return checked
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's content as plain Python values (`save_json` writes the non-finite
+        numbers JSON cannot hold)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not f.init or f.name == "extra" or (value is None and (
+                    f.name in self._absent or f.name in self.OMIT_NONE)):
+                continue
+            out[f.name] = [v.to_json() if isinstance(v, Record) else v for v in value] \
+                if isinstance(value, list) else value
+        return {**out, **self.extra}
+
+    @classmethod
+    def read(cls: type[R], path: Path | str) -> R:
+        """The checked record of the file `path` (a `RunError` naming it when it is missing,
+        not JSON or damaged)."""
+        return cls.from_json(load_json(path), path)
+
+    def write(self, path: Path | str) -> Path:
+        """Save the record to `path` atomically."""
+        save_json(path, self.to_json())
+        return Path(path)
+
+
+@dataclass
+class Metrics(Record):
+    """`metrics.json`: written last by `aetool fit`, what the finished run achieved."""
+
+    FILE = METRICS
+    FIELDS = METRICS_FIELDS
+    REQUIRED = ("test_mse",)
+
+    test_mse: float | None = None  # NaN when the model diverged
+    best_val_loss: float | None = None
+    final_train_loss: float | None = None
+    best_epoch: int | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    seconds_per_epoch: float | None = None
+    train_images: int | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    parameters: int | None = None
+    dataset_sha256: str | None = None
+    stopped_early: bool | None = None
+    environment: dict[str, Any] | None = None
+    time_budget: dict[str, Any] | None = None
+
+
+@dataclass
+class NoiseRow(Record):
+    """One row of a noise table: a noise, its parameters and the MSE under it."""
+
+    FIELDS = {"label": "str", "mse": "loss", "noise": "str?", "params": "dict?"}
+
+    label: str | None = None  # how tables show it (two noises may share one)
+    noise: str | None = None  # the noise's name
+    params: dict[str, Any] | None = None  # every parameter's value
+    mse: float | None = None
+
+    @property
+    def spec(self) -> str:
+        """The noise spec that rebuilds this row's noise (`gaussian:sigma=0.1,clip=false`):
+        what identifies a row across runs. A hand-made row without a noise: its label."""
+        from aetool.plugins.params import spec_of
+
+        if self.noise is None:
+            return str(self.label)
+        return spec_of(self.noise, self.params or {})
+
+
+@dataclass
+class NoiseTable(Record):
+    """`noise_table.json`: written by `aetool corrupt`, the report's Table 1 for one run."""
+
+    FILE = NOISE_TABLE
+    FIELDS = {"rows": "list", "examples": "str?", "test_images": "int?", "seed": "number?",
+              "run": "str?", "ed": "int?"}
+    REQUIRED = ("rows",)
+
+    run: str | None = None
+    ed: int | None = None
+    seed: int | None = None
+    test_images: int | None = None
+    rows: list[NoiseRow] = field(default_factory=list)
+    examples: str | None = None  # the example grid's file name in the run folder
+
+    @classmethod
+    def check_parts(cls, path: Path | str, checked: dict[str, Any]) -> dict[str, Any]:
+        from aetool.checks import check_list
+
+        rows = check_list(path, checked["rows"], NoiseRow.FIELDS, entry="row", key="rows")
+        return {**checked, "rows": [NoiseRow.build(row) for row in rows]}
+
+
+@dataclass
+class EmbeddingSummary(Record):
+    """`embedding.json`: written last by `aetool embed`, how a run's latent space looks."""
+
+    FILE = EMBEDDING_JSON
+    FIELDS = {
+        "run": "str?", "ed": "int?", "method": "str?", "methods": "list?", "images": "int?",
+        "classes": "list?", "explained_variance": "list?", "silhouette": "number?",
+        "knn_accuracy": "number?", "projection_scores": "dict?", "knn_neighbors": "int?",
+        "knn_folds": "int?", "silhouette_sample": "int?", "seed": "int?", "note": "str?",
+        "dataset": "str?", "dataset_sha256": "str?", "device": "str?", "plot": "str?",
+        "plots": "dict?", "codes": "str?",
+    }
+    OMIT_NONE = frozenset({"note"})
+
+    run: str | None = None
+    ed: int | None = None
+    method: str | None = None  # the first projection
+    methods: list[str] | None = None
+    images: int | None = None
+    classes: list[str] | None = None  # None: a data set without labels
+    explained_variance: list[float] | None = None
+    silhouette: float | None = None
+    knn_accuracy: float | None = None
+    projection_scores: dict[str, dict[str, float]] | None = None
+    knn_neighbors: int | None = None
+    knn_folds: int | None = None
+    silhouette_sample: int | None = None
+    seed: int | None = None
+    note: str | None = None
+    dataset: str | None = None
+    dataset_sha256: str | None = None
+    device: str | None = None
+    plot: str | None = None
+    plots: dict[str, str] | None = None  # method -> its scatter plot's file name
+    codes: str | None = None  # the codes' file name (embedding.npz)
+
+    @classmethod
+    def check_parts(cls, path: Path | str, checked: dict[str, Any]) -> dict[str, Any]:
+        from aetool.checks import check_object, check_value
+
+        for method, name in (checked.get("plots") or {}).items():
+            check_value(f"{path}: 'plots' {method!r}", name, "str?")
+        for i, ratio in enumerate(checked.get("explained_variance") or []):
+            check_value(f"{path}: 'explained_variance' {i + 1}", ratio, "number")
+        for method, scores in (checked.get("projection_scores") or {}).items():
+            check_object(path, scores, {"silhouette": "number?", "knn_accuracy": "number?"},
+                         what=f"'projection_scores' {method!r}")
+        return checked
+
+
+@dataclass
+class SearchResults(Record):
+    """`search/results.json`: written by `aetool search`, the grid's cross-validated losses
+    per encoding dimension and the best setting of each."""
+
+    FILE = SEARCH_RESULTS
+    FIELDS = {"eds": "dict", "grid": "dict?", "missing": "list?", "complete": "bool?",
+              "study": "dict?"}
+    REQUIRED = ("eds",)
+
+    grid: dict[str, Any] | None = None  # the protocol: lr and weight decay values, folds...
+    eds: dict[str, Any] = field(default_factory=dict)  # "ED" -> {"settings", "best"}
+    complete: bool | None = None
+    missing: list[Any] | None = None  # the settings still to run
+    study: dict[str, Any] | None = None  # the Optuna study's name, storage and seconds
+
+    @classmethod
+    def check_parts(cls, path: Path | str, checked: dict[str, Any]) -> dict[str, Any]:
+        from aetool.checks import check_search_results
+
+        return check_search_results(path, checked)
+
+
+@dataclass
+class StudySummary(Record):
+    """`study.json`: written by `aetool study`, its settings and the time of every stage."""
+
+    FILE = STUDY_FILE
+    FIELDS = {"settings": "dict", "stages": "list", "seconds": "seconds", "report": "str?",
+              "time_plan": "dict?", "unloadable": "list?"}
+    REQUIRED = ("stages",)
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None
+    report: str | None = None
+    time_plan: dict[str, Any] | None = None
+    unloadable: list[dict[str, str]] = field(default_factory=list)
+
+
+# Every record, by the file it describes.
+RECORDS: dict[str, type[Record]] = {r.FILE: r for r in (
+    Metrics, NoiseTable, EmbeddingSummary, SearchResults, StudySummary)}

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from aetool import workspace as runs
 from aetool.cli import app
 from aetool.data import split_train_val
-from aetool.evaluate.corrupt import NOISE_EXAMPLES, NOISE_TABLE, noise_table, render_examples
+from aetool.evaluate.corrupt import noise_table, render_examples
 from aetool.models import load_model
 from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
 from aetool.train.loop import evaluate, fit, preset_config
@@ -80,12 +80,12 @@ def test_cli_corrupt_saves_table_and_examples_into_the_run(trained_workspace, fa
     output = json.loads(result.stdout)
     assert output["seed"] == 42 and len(output["models"]) == 1
     assert [n["label"] for n in output["noises"]] == LABELS
-    saved = runs.load_json(trained_workspace / "ed3" / NOISE_TABLE)
+    saved = runs.load_json(trained_workspace / "ed3" / runs.NOISE_TABLE)
     assert saved == {key: value for key, value in output["models"][0].items() if key != "folder"}
     assert set(saved) == {"run", "ed", "seed", "test_images", "rows", "examples"}
     assert (saved["run"], saved["ed"], saved["test_images"]) == ("ed3", 3, 200)
-    assert saved["examples"] == NOISE_EXAMPLES
-    assert (trained_workspace / "ed3" / NOISE_EXAMPLES).read_bytes()[:4] == b"\x89PNG"
+    assert saved["examples"] == runs.NOISE_EXAMPLES
+    assert (trained_workspace / "ed3" / runs.NOISE_EXAMPLES).read_bytes()[:4] == b"\x89PNG"
     assert [row["label"] for row in saved["rows"]] == LABELS
 
     table = invoke("corrupt", "--runs", trained_workspace, "--data-dir", fake_data_dir,
@@ -94,7 +94,7 @@ def test_cli_corrupt_saves_table_and_examples_into_the_run(trained_workspace, fa
     assert table.exit_code == 0, table.output
     for needle in ("ED=3", "ed3", "original", "N(0,0.2)", "N(0,0.4)"):
         assert needle in table.output
-    assert runs.load_json(trained_workspace / "ed3" / NOISE_TABLE)["examples"] is None
+    assert runs.load_json(trained_workspace / "ed3" / runs.NOISE_TABLE)["examples"] is None
 
 
 def test_cli_corrupt_a_bare_checkpoint(trained_workspace, fake_data_dir, tmp_path):
@@ -104,7 +104,7 @@ def test_cli_corrupt_a_bare_checkpoint(trained_workspace, fake_data_dir, tmp_pat
                     tmp_path / "out", "--data-dir", fake_data_dir, "--device", "cpu",
                     "--noise", "occlusion", "--json")
     assert result.exit_code == 0, result.output
-    saved = runs.load_json(tmp_path / "out" / "net_params_3" / NOISE_TABLE)
+    saved = runs.load_json(tmp_path / "out" / "net_params_3" / runs.NOISE_TABLE)
     assert saved["run"] == "net_params_3" and saved["rows"][0]["label"] == "occlusion"
     wrong = invoke("corrupt", "--checkpoint", checkpoint, "--ed", "4", "--data-dir",
                    fake_data_dir, "--device", "cpu")

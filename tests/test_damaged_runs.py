@@ -331,3 +331,29 @@ def test_study_skips_a_run_it_cannot_load_and_finishes_the_others(workspace, fak
     assert (workspace / "report.html").is_file()
     summary = json.loads((workspace / "study.json").read_text())
     assert [entry["name"] for entry in summary["unloadable"]] == ["ed4"]
+    # every file the study wrote reads back through its record unchanged (issue 22)
+    for path in (workspace / "ed2" / runs.METRICS, workspace / "ed2" / runs.NOISE_TABLE,
+                 workspace / "ed2" / runs.EMBEDDING_JSON, workspace / runs.STUDY_FILE):
+        assert runs.RECORDS[path.name].read(path).to_json() == json.loads(path.read_text())
+    assert runs.StudySummary.read(workspace / runs.STUDY_FILE).unloadable[0]["name"] == "ed4"
+
+
+def test_a_record_keeps_what_it_does_not_know_and_refuses_a_wrong_type(tmp_path):
+    """A record (`aetool.workspace.Record`) reads a file of an older version (keys missing:
+    None, not written back) or a later one (unknown keys: kept), and a damaged value is one
+    sentence naming the file."""
+    path = tmp_path / runs.NOISE_TABLE
+    path.write_text(json.dumps({"rows": [{"label": "x", "noise": "gaussian",
+                                          "params": {"sigma": 0.1}, "mse": None}],
+                                "later": {"kept": True}}))
+    table = runs.NoiseTable.read(path)
+    assert table.ed is None and math.isnan(table.rows[0].mse)
+    assert table.rows[0].spec == "gaussian:sigma=0.1"
+    table.write(path)
+    assert json.loads(path.read_text()) == {
+        "rows": [{"label": "x", "noise": "gaussian", "params": {"sigma": 0.1}, "mse": None}],
+        "later": {"kept": True}}
+    path.write_text(json.dumps({"rows": [], "test_images": "many"}))
+    with pytest.raises(runs.RunError, match=r"^\S*noise_table.json: 'test_images' must be a "
+                       "whole number of at least 0 or null, got 'many'.$"):
+        runs.NoiseTable.read(path)

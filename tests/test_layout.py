@@ -294,6 +294,26 @@ def test_old_import_paths_still_work_with_a_warning():
     assert old_search is SearchConfig
 
 
+def test_each_file_has_one_name_and_the_report_needs_no_evaluate_or_search():
+    """Issue 22: a file's name is the workspace's (the second names other modules had warn for
+    one release), and the report reads every file through its record in `aetool.workspace`,
+    importing neither `aetool.evaluate` nor `aetool.search`."""
+    from aetool import experiment
+    from aetool.evaluate import corrupt, embed
+    from aetool.report import render
+
+    imported = import_graph()["aetool.report.render"]
+    assert not [m for m in imported if m.startswith(("aetool.evaluate", "aetool.search"))]
+    for module, name in ((corrupt, "NOISE_TABLE"), (corrupt, "NOISE_EXAMPLES"),
+                         (embed, "EMBEDDING_JSON"), (embed, "EMBEDDING_NPZ"),
+                         (render, "REPORT_FILE"), (experiment, "STUDY_FILE")):
+        assert name not in vars(module), (module.__name__, name)
+        with pytest.warns(DeprecationWarning, match=f"aetool.workspace.{name}"):
+            assert getattr(module, name) == getattr(runs, name)
+    assert set(runs.RECORDS) == {runs.METRICS, runs.NOISE_TABLE, runs.EMBEDDING_JSON,
+                                 runs.SEARCH_RESULTS, runs.STUDY_FILE}
+
+
 def test_the_public_api_is_importable_from_aetool():
     import aetool
 

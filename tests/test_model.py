@@ -51,6 +51,27 @@ def test_checkpoint_errors(tmp_path):
         load_model(tmp_path / "ed8.pt", 4)
 
 
+def test_one_loader_reads_any_model_and_the_old_one_is_a_deprecated_alias(tmp_path):
+    """`load_model` is the one checkpoint loader (issue 22): the course model with its ED read
+    off the file, any other model by its spec; `load_weights` only forwards to it."""
+    from aetool.models import build_model, load_weights
+
+    spec = "wide:width=8,hidden=64"
+    torch.save(build_model(spec, 3).state_dict(), tmp_path / "wide.pt")
+    wide = load_model(tmp_path / "wide.pt", 3, model=spec)
+    assert not wide.training and wide.encode(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    with pytest.raises(AetoolError, match="Give the encoding dimension"):
+        load_model(tmp_path / "wide.pt", model=spec)
+    with pytest.raises(AetoolError, match="does not hold the weights of a 'course' model"):
+        load_model(tmp_path / "wide.pt", 3)
+    torch.save(Autoencoder(8).state_dict(), tmp_path / "ed8.pt")
+    with pytest.raises(AetoolError, match="encoding dimension 8, not 4"):
+        load_model(tmp_path / "ed8.pt", 4, model="course")
+    with pytest.warns(DeprecationWarning, match="load_weights is deprecated"):
+        old = load_weights(None, 8, tmp_path / "ed8.pt")
+    assert old.encoding_dim == 8 and not old.training
+
+
 def test_pickled_code_is_never_run(tmp_path):
     class Evil:
         def __reduce__(self):

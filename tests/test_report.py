@@ -243,6 +243,23 @@ def test_sparse_files_still_render(trained, tmp_path):
     assert result.sections == [s for s in ALL_SECTIONS if s != "time-budget"]
 
 
+def test_noise_rows_are_matched_across_runs_by_their_spec_not_their_label(trained, tmp_path):
+    """Two noises with one display label stay two rows, and a noise whose label changed
+    between runs (another version of its plugin) stays one row."""
+    from aetool.report.render import collect_report
+
+    root = copy_workspace(trained, tmp_path)
+    images = torch.zeros(8, 1, 28, 28, dtype=torch.uint8)
+    write_noise_table(root / "ed4", 4, images, [("N(0,0.1)", "gaussian", {"sigma": 0.1}),
+                                                ("N(0,0.1)", "gaussian", {"sigma": 0.1000001})])
+    write_noise_table(root / "ed32", 32, images, [("gaussian(sigma=0.1)", "gaussian",
+                                                   {"sigma": 0.1})])
+    rows = collect_report(root)["noise"]["rows"]
+    assert [[c["mse"] for c in r["cells"]] for r in rows] == [[0.02, 0.02], [0.02 + 0.01 / 4, None]]
+    assert [r["spec"] for r in rows] == ["gaussian:sigma=0.1", "gaussian:sigma=0.1000001"]
+    assert rows[0]["label"] != rows[1]["label"]  # shown apart on the page
+
+
 def test_empty_workspace_is_one_clear_error(tmp_path):
     with pytest.raises(AetoolError, match="Nothing to report in"):
         write_report(tmp_path / "runs")

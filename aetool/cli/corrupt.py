@@ -141,7 +141,7 @@ def print_saved(records: list[dict[str, Any]], specs: dict[str, str], unsaved: b
         stderr.print(side_by_side(records, specs))
     for record in records:
         if record["folder"] is not None:
-            stderr.print(f"Saved noise_table.json"
+            stderr.print(f"Saved {runs.NOISE_TABLE}"
                          f"{' and ' + record['examples'] if record['examples'] else ''} "
                          f"in [bold]{escape(str(record['folder']))}[/]", highlight=False)
     if unsaved:

@@ -22,9 +22,6 @@ from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
 from aetool.train.step import evaluate, make_generator
 
-NOISE_TABLE = runs.NOISE_TABLE  # file names are the workspace's (aetool.workspace)
-NOISE_EXAMPLES = runs.NOISE_EXAMPLES
-
 RowCallback = Callable[[dict[str, Any]], None]
 
 
@@ -121,18 +118,20 @@ def _save_figure(figure: Any, path: Path) -> Path:
 
 def table_record(
     name: str, ed: int, seed: int, test_images: int, rows: list[dict[str, Any]],
-    examples: str | None = NOISE_EXAMPLES,
+    examples: str | None = runs.NOISE_EXAMPLES,
 ) -> dict[str, Any]:
-    """The content of `noise_table.json`."""
-    return {"run": name, "ed": ed, "seed": seed, "test_images": test_images, "rows": rows,
-            "examples": examples}
+    """The content of `noise_table.json` (`aetool.workspace.NoiseTable`)."""
+    return runs.NoiseTable(run=name, ed=ed, seed=seed, test_images=test_images,
+                           rows=[runs.NoiseRow.build(row) for row in rows],
+                           examples=examples).to_json()
 
 
-def save_noise_table(folder: Path | str, record: dict[str, Any]) -> Path:
-    """Write `noise_table.json` into a run folder (atomically)."""
-    path = Path(folder) / NOISE_TABLE
-    runs.save_json(path, record)
-    return path
+def save_noise_table(folder: Path | str, record: dict[str, Any] | runs.NoiseTable) -> Path:
+    """Write `noise_table.json` into a run folder (atomically), checked
+    (`aetool.workspace.NoiseTable`)."""
+    path = Path(folder) / runs.NOISE_TABLE
+    table = record if isinstance(record, runs.NoiseTable) else runs.NoiseTable.from_json(record)
+    return table.write(path)
 
 
 def corrupt_and_save(
@@ -164,9 +163,9 @@ def _corrupt_and_save(model: torch.nn.Module, test_images: torch.Tensor,
     rows = noise_table(model, test_images, noises, seed, batch_size, on_row)
     picture = None
     if folder is not None and examples > 0:
-        render_examples(model, test_images, noises, Path(folder) / NOISE_EXAMPLES, seed,
+        render_examples(model, test_images, noises, Path(folder) / runs.NOISE_EXAMPLES, seed,
                         examples, title=f"{name} (ED={ed})")
-        picture = NOISE_EXAMPLES
+        picture = runs.NOISE_EXAMPLES
     record = table_record(name, ed, seed, int(test_images.shape[0]), rows, picture)
     if folder is not None:
         save_noise_table(folder, record)
@@ -307,15 +306,13 @@ def _test_set(test_sets: dict[tuple[str, bool], Any], target: Target,
 
 # --------------------------------------------------------------------------- reading tables
 
-NOISE_TABLE_FIELDS = {"rows": "list", "examples": "str?", "test_images": "int?",
-                      "seed": "number?", "run": "str?", "ed": "int?"}
-NOISE_ROW_FIELDS = {"label": "str", "mse": "loss", "noise": "str?", "params": "dict?"}
-
 
 def read_noise_table(path: Path | str) -> dict[str, Any]:
-    """A saved `noise_table.json`, checked: a damaged one is a `RunError` naming it."""
-    from aetool.checks import check_list, check_object
+    """A saved `noise_table.json`, checked (`aetool.workspace.NoiseTable`): a damaged one is
+    a `RunError` naming it."""
+    return runs.NoiseTable.read(path).to_json()
 
-    table = check_object(path, runs.load_json(path), NOISE_TABLE_FIELDS, required=("rows",))
-    table["rows"] = check_list(path, table["rows"], NOISE_ROW_FIELDS, entry="row", key="rows")
-    return table
+
+def __getattr__(name: str) -> Any:
+    """The file names this module had (deprecated: they are the workspace's)."""
+    return runs.old_file_name(__name__, name, ("NOISE_TABLE", "NOISE_EXAMPLES"))

@@ -35,8 +35,6 @@ from aetool.files import write_atomic
 
 METHODS = ("pca", "tsne")
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
-EMBEDDING_NPZ = runs.EMBEDDING_NPZ  # file names are the workspace's (aetool.workspace)
-EMBEDDING_JSON = runs.EMBEDDING_JSON
 SILHOUETTE_SAMPLE = 5000  # silhouette costs O(n^2): score a seeded sample of this many codes
 KNN_NEIGHBORS = 5
 KNN_FOLDS = 5
@@ -353,7 +351,7 @@ def _save_embedding(embedding: Embedding, folder: Path, name: str,
     arrays.update({f"projection_{m}": p for m, p in embedding.projections.items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_atomic(folder / EMBEDDING_NPZ, buffer.getvalue())
+    write_atomic(folder / runs.EMBEDDING_NPZ, buffer.getvalue())
     plots = {}
     for method, projection in embedding.projections.items():
         png = scatter_png(projection, embedding.labels, embedding.classes,
@@ -361,15 +359,16 @@ def _save_embedding(embedding: Embedding, folder: Path, name: str,
                           "PC" if method == "pca" else "t-SNE", embedding.settings.get("seed", 0))
         write_atomic(folder / plot_name(method), png)
         plots[method] = plot_name(method)
-    summary = {"run": name, **embedding.summary(), **(extra or {}),
-               "plot": plots[embedding.methods[0]], "plots": plots, "codes": EMBEDDING_NPZ}
-    runs.save_json(folder / EMBEDDING_JSON, summary)
-    return summary
+    summary = runs.EmbeddingSummary.from_json({
+        "run": name, **embedding.summary(), **(extra or {}),
+        "plot": plots[embedding.methods[0]], "plots": plots, "codes": runs.EMBEDDING_NPZ})
+    summary.write(folder / runs.EMBEDDING_JSON)
+    return summary.to_json()
 
 
 def load_codes(folder: Path | str) -> dict[str, np.ndarray]:
     """The arrays of a saved `embedding.npz` (codes, labels, projection, ...)."""
-    path = Path(folder) / EMBEDDING_NPZ
+    path = Path(folder) / runs.EMBEDDING_NPZ
     if not path.is_file():
         raise AetoolError(f"{path} does not exist; run `aetool embed` first.")
     try:
@@ -475,24 +474,13 @@ def _run_data(run: runs.Run, loaded: dict[tuple[str, bool], ImageData | AetoolEr
 
 # --------------------------------------------------------------------------- reading summaries
 
-SUMMARY_FIELDS = {
-    "plots": "dict?", "plot": "str?", "method": "str?", "explained_variance": "list?",
-    "silhouette": "number?", "knn_accuracy": "number?", "projection_scores": "dict?",
-    "knn_neighbors": "int?", "knn_folds": "int?", "images": "int?", "dataset": "str?",
-    "classes": "list?", "note": "str?", "dataset_sha256": "str?",
-}
-
 
 def read_summary(path: Path | str) -> dict[str, Any]:
-    """A saved `embedding.json`, checked: a damaged one is a `RunError` naming it."""
-    from aetool.checks import check_object, check_value
+    """A saved `embedding.json`, checked (`aetool.workspace.EmbeddingSummary`): a damaged one
+    is a `RunError` naming it."""
+    return runs.EmbeddingSummary.read(path).to_json()
 
-    summary = check_object(path, runs.load_json(path), SUMMARY_FIELDS)
-    for method, name in (summary.get("plots") or {}).items():
-        check_value(f"{path}: 'plots' {method!r}", name, "str?")
-    for i, ratio in enumerate(summary.get("explained_variance") or []):
-        check_value(f"{path}: 'explained_variance' {i + 1}", ratio, "number")
-    for method, scores in (summary.get("projection_scores") or {}).items():
-        check_object(path, scores, {"silhouette": "number?", "knn_accuracy": "number?"},
-                     what=f"'projection_scores' {method!r}")
-    return summary
+
+def __getattr__(name: str) -> Any:
+    """The file names this module had (deprecated: they are the workspace's)."""
+    return runs.old_file_name(__name__, name, ("EMBEDDING_NPZ", "EMBEDDING_JSON"))

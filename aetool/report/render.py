@@ -27,14 +27,10 @@ import torch
 from aetool import __version__
 from aetool import workspace as runs
 from aetool.errors import AetoolError
-from aetool.evaluate.corrupt import NOISE_TABLE
-from aetool.evaluate.embed import EMBEDDING_JSON
 from aetool.files import write_atomic
 from aetool.report.budget import budget_plot, budget_points
-from aetool.search.grid import results_path
 
 TEMPLATE = "report.html.j2"
-REPORT_FILE = runs.REPORT_FILE
 MAX_IMAGE_WIDTH = 900  # pixels; wider PNGs are downscaled before they are inlined
 MAX_IMAGE_BYTES = 350_000  # per inlined PNG; larger ones are scaled down until they fit
 MIN_IMAGE_WIDTH = 320  # but never narrower than this
@@ -299,14 +295,13 @@ def _settings_row(run: runs.Run) -> dict[str, Any]:
 
 
 def _search_results(root: Path, unreadable: list[runs.Unreadable]) -> dict[str, Any] | None:
-    """The workspace's `search/results.json`, checked; a damaged one joins `unreadable`."""
-    from aetool.checks import check_search_results
-
-    path = results_path(root)
+    """The workspace's `search/results.json`, checked (`aetool.workspace.SearchResults`); a
+    damaged one joins `unreadable`."""
+    path = runs.Workspace(root).search_results
     if not path.is_file():
         return None
     try:
-        return check_search_results(path, runs.load_json(path))
+        return runs.SearchResults.read(path).to_json()
     except AetoolError as exc:
         unreadable.append(runs.Unreadable(runs.SEARCH_DIR, str(exc)))
         return None
@@ -387,62 +382,60 @@ def _heat_style(value: Any, low: float | None, high: float | None) -> str:
     return f"background-color: rgb({r * 255:.0f}, {g * 255:.0f}, {b * 255:.0f}); color: #111;"
 
 
-def _noise_section(tables: list[tuple[runs.Run, dict[str, Any]]]) -> dict[str, Any] | None:
+def _noise_section(tables: list[tuple[runs.Run, runs.NoiseTable]]) -> dict[str, Any] | None:
     """Table 1 of the report: one row per noise, the runs side by side; and the example grids.
-    `tables`: each run with its checked `noise_table.json` (`corrupt.read_noise_table`)."""
+    `tables`: each run with its noise table. Rows are matched across runs by their noise spec
+    (`gaussian:sigma=0.1,clip=false`), never by their label: two noises may share a label, and
+    a plugin may label its noise differently from one version to the next."""
     if not tables:
         return None
-    labels: list[str] = []
+    labels: dict[str, str] = {}  # spec -> the label it is shown with (the first run's)
+    values = []
     for _, table in tables:
-        for row in table["rows"]:
-            if isinstance(row, dict) and str(row.get("label")) not in labels:
-                labels.append(str(row.get("label")))
+        values.append({row.spec: row.mse for row in table.rows})
+        for row in table.rows:
+            labels.setdefault(row.spec, str(row.label if row.label is not None else row.spec))
     columns = [{"label": _run_label(run), "ed": run.ed, "name": run.name,
-                "images": table.get("test_images"), "seed": table.get("seed")}
-               for run, table in tables]
-    values = [{str(r.get("label")): r.get("mse") for r in t["rows"] if isinstance(r, dict)}
-              for _, t in tables]
+                "images": table.test_images, "seed": table.seed} for run, table in tables]
+    shared = {label for label in labels.values() if list(labels.values()).count(label) > 1}
     rows = []
-    for label in labels:
-        mses = [v.get(label) for v in values]
+    for spec, label in labels.items():
+        mses = [v.get(spec) for v in values]
         finite = [m for m in mses if isinstance(m, (int, float)) and math.isfinite(m)]
         lowest = min(finite) if len(finite) > 1 else None
-        rows.append({"label": label,
+        rows.append({"label": f"{label} ({spec})" if label in shared else label, "spec": spec,
                      "cells": [{"mse": m, "lowest": lowest is not None and m == lowest}
                                for m in mses]})
-    examples = []
-    for run, table in tables:
-        name = table.get("examples")
-        if name:
-            examples.append({"label": _run_label(run), "name": run.name, "ed": run.ed,
-                             **image_file(run.path / Path(str(name)).name)})
+    examples = [{"label": _run_label(run), "name": run.name, "ed": run.ed,
+                 **image_file(run.path / Path(table.examples).name)}
+                for run, table in tables if table.examples]
     return {"columns": columns, "rows": rows, "examples": examples}
 
 
-def _latent_section(summaries: list[tuple[runs.Run, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The latent-space entries: each run with its checked `embedding.json`
-    (`embed.read_summary`)."""
+def _latent_section(summaries: list[tuple[runs.Run, runs.EmbeddingSummary]]
+                    ) -> list[dict[str, Any]]:
+    """The latent-space entries: each run with its `embedding.json`."""
     entries = []
     for run, summary in summaries:
-        plots = summary.get("plots") or {summary.get("method", "pca"): summary.get("plot")}
+        plots = summary.plots or {summary.method or "pca": summary.plot}
         images = [{"method": method, **image_file(run.path / Path(str(name)).name)}
                   for method, name in plots.items() if name]
-        flat = (summary.get("projection_scores") or {}).get("pca") or {}
+        flat = (summary.projection_scores or {}).get("pca") or {}
         entries.append({
             "label": _run_label(run), "name": run.name, "ed": run.ed,
-            "explained_variance": summary.get("explained_variance") or [],
-            "silhouette": summary.get("silhouette"),
-            "knn_accuracy": summary.get("knn_accuracy"),
+            "explained_variance": summary.explained_variance or [],
+            "silhouette": summary.silhouette,
+            "knn_accuracy": summary.knn_accuracy,
             "silhouette_2d": flat.get("silhouette"),
             "knn_accuracy_2d": flat.get("knn_accuracy"),
-            "knn_neighbors": summary.get("knn_neighbors"),
-            "knn_folds": summary.get("knn_folds"),
-            "images_count": summary.get("images"),
+            "knn_neighbors": summary.knn_neighbors,
+            "knn_folds": summary.knn_folds,
+            "images_count": summary.images,
             "images": images,
-            "dataset": summary.get("dataset") or run.config.get("dataset"),
-            "classes": [str(c) for c in summary.get("classes") or []],
-            "note": summary.get("note"),
-            "other_data": _other_data(summary.get("dataset_sha256"), run),
+            "dataset": summary.dataset or run.config.get("dataset"),
+            "classes": [str(c) for c in summary.classes or []],
+            "note": summary.note,
+            "other_data": _other_data(summary.dataset_sha256, run),
         })
     return entries
 
@@ -464,23 +457,21 @@ class _RunFiles:
 
     run: runs.Run
     history: list[dict[str, Any]]
-    noise: dict[str, Any] | None  # noise_table.json (aetool corrupt)
-    latent: dict[str, Any] | None  # embedding.json (aetool embed)
+    noise: runs.NoiseTable | None  # noise_table.json (aetool corrupt)
+    latent: runs.EmbeddingSummary | None  # embedding.json (aetool embed)
 
 
 def _readable(found: list[runs.Run], unreadable: list[runs.Unreadable]) -> list[_RunFiles]:
     """The runs whose history, noise table and embedding can be read too; a run with a
     damaged one joins `unreadable` with the sentence naming the file."""
-    from aetool.evaluate.corrupt import read_noise_table
-    from aetool.evaluate.embed import read_summary
-
     kept = []
     for run in found:
         try:
-            noise, latent = run.path / NOISE_TABLE, run.path / EMBEDDING_JSON
+            noise, latent = run.path / runs.NOISE_TABLE, run.path / runs.EMBEDDING_JSON
             kept.append(_RunFiles(run, run.history(),
-                                  read_noise_table(noise) if noise.is_file() else None,
-                                  read_summary(latent) if latent.is_file() else None))
+                                  runs.NoiseTable.read(noise) if noise.is_file() else None,
+                                  runs.EmbeddingSummary.read(latent) if latent.is_file()
+                                  else None))
         except AetoolError as exc:
             unreadable.append(runs.Unreadable(run.name, str(exc)))
     return kept
@@ -588,3 +579,8 @@ def write_report(
         raise AetoolError(f"Cannot write the report to {output} ({exc.strerror}).") from None
     return ReportResult(output, [s["id"] for s in data["sections"]], len(html),
                         missing[0] if missing else None, data["unreadable"])
+
+
+def __getattr__(name: str) -> Any:
+    """The file name this module had (deprecated: it is the workspace's)."""
+    return runs.old_file_name(__name__, name, ("REPORT_FILE",))

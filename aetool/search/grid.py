@@ -285,7 +285,7 @@ def run_search(
     results["study"]["seconds"] = time.perf_counter() - tic
     # Workers finishing together take turns: the lock is held only for the write.
     with workspace.lock(SEARCH_DIR, "The search results", wait=120):
-        runs.save_json(workspace.search_results, results)
+        runs.SearchResults.from_json(results).write(workspace.search_results)
     return results
 
 
@@ -401,9 +401,7 @@ def load_results(runs_root: Path | str | None = None) -> dict[str, Any]:
     path = results_path(runs_root)
     if not path.exists():
         raise RunError(f"There are no search results in {path}; run `aetool search` first.")
-    from aetool.checks import check_search_results
-
-    return check_search_results(path, runs.load_json(path))
+    return runs.SearchResults.read(path).to_json()
 
 
 def best_setting(runs_root: Path | str | None, ed: int,
