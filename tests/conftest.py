@@ -26,7 +26,9 @@ from aetool.data import (
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guard"))
 import pytest_fsguard  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The repository root, for the tests that read its files (README, docs/, benchmarks/, aetool/).
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 SEED_CHECKPOINTS = SHARED / "seed" / "checkpoints"
 
 # Keep the user's installed plugins out of the tests (built-ins still load).

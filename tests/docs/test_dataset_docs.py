@@ -8,16 +8,16 @@ import dataclasses
 import inspect
 import re
 import types
-from pathlib import Path
 
 import torch
+from conftest import ROOT
 
 from aetool import plugins
 from aetool.data import load_dataset
 from aetool.data.registry import Dataset, DatasetArrays, registered_datasets
 from aetool.plugins import hookspecs
 
-README = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+README = ROOT / "docs" / "plugins.md"
 
 
 def section() -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from conftest import ROOT
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
@@ -39,7 +40,6 @@ from aetool.search.grid import SearchConfig
 from aetool.train.loop import fit
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 cli_fit = importlib.import_module("aetool.cli.fit")
 cli_search = importlib.import_module("aetool.cli.search")
 BUILTINS = {"gaussian", "uniform", "occlusion"}

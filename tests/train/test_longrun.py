@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
@@ -17,7 +18,6 @@ from aetool import workspace as runs
 from aetool.cli import app
 from aetool.cli.longrun import Progress, clock_text
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 

@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from aetool.errors import AetoolError
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def load_script(name: str):

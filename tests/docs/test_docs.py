@@ -3,7 +3,7 @@ intact; every page in docs/ is in mkdocs.yml's navigation and every entry there 
 CLI reference (docs/cli.md) is what scripts/cli_reference.py generates from the app, with a
 section per command; every `aetool ...` line in a ```bash example parses against the real
 command line (or its block sits under `<!-- not run -->`); every link to a repository file
-resolves; and the README's plugin is the plugin guide's, which tests/test_plugin_docs.py runs.
+resolves; and the README's plugin is the plugin guide's, which tests/docs/test_plugin_docs.py runs.
 (`mkdocs build --strict`, run by scripts/test.sh, checks links between pages and anchors.)"""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import typer
+from conftest import ROOT
 
 from aetool.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
@@ -154,11 +154,11 @@ def test_the_readme_plugin_is_the_plugin_guide_s():
 
 # Python examples run by other tests, by a line that only that example has.
 EXECUTED = {
-    "def flip_pixels(": "tests/test_plugin_docs.py",
-    "class Tiny(nn.Module):": "tests/test_models.py",
-    "def load_stripes(": "tests/test_dataset_docs.py",
-    "def test_my_model_keeps_aetools_guarantees():": "tests/test_models.py",
-    "np.savez_compressed(": "tests/test_dataset_cli.py",
+    "def flip_pixels(": "tests/docs/test_plugin_docs.py",
+    "class Tiny(nn.Module):": "tests/plugins/test_models.py",
+    "def load_stripes(": "tests/docs/test_dataset_docs.py",
+    "def test_my_model_keeps_aetools_guarantees():": "tests/plugins/test_models.py",
+    "np.savez_compressed(": "tests/data/test_dataset_cli.py",
 }
 
 

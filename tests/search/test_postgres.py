@@ -18,12 +18,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from fsguard import guarded_env
 
 from aetool.search.grid import SearchConfig, run_search
 from aetool.search.storage import database_url, open_storage
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = ["--ed", "3", "--lr", "1e-2", "--lr", "1e-3", "--lr", "1e-4", "--weight-decay", "1e-5",
         "--weight-decay", "1e-4", "--folds", "2", "--batch-size", "50", "--val-size", "100",
         "--limit", "200", "--max-loss", "1", "--device", "cpu", "--parallel", "1"]

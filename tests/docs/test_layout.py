@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_fake_mnist
+from conftest import ROOT, write_fake_mnist
 from typer.testing import CliRunner
 
 from aetool import workspace as runs
@@ -21,7 +21,7 @@ from aetool.experiment import StudySettings, run_study
 from aetool.search.grid import SearchConfig
 from aetool.train.loop import fit_run
 
-PACKAGE = Path(__file__).resolve().parents[1] / "aetool"
+PACKAGE = ROOT / "aetool"
 runner = CliRunner()
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from aetool import workspace as runs
@@ -20,7 +20,7 @@ from aetool.train.loop import evaluate, fit, preset_config
 
 runner = CliRunner()
 # Table 1 and its tolerances moved from the README to the docs site (issue 23).
-README = Path(__file__).resolve().parent.parent / "docs" / "corrupt.md"
+README = ROOT / "docs" / "corrupt.md"
 LABELS = ["original", "N(0,0.1)", "N(0,0.3)", "N(0,0.5)", "N(0,1)", "N(0,2)", "occlusion",
           "uniform"]
 # The seed report's Table 1.

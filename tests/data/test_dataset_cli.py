@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_mnist
+from conftest import ROOT, write_fake_mnist
 from dataset_files import CLASSES, write_idx_folder, write_image_folder, write_npz
 from test_datasets import BAD_KINDS, bad
 from typer.testing import CliRunner
@@ -201,7 +201,7 @@ def test_an_unknown_name_lists_the_registered_ones(tmp_path):
 
 
 def test_the_npz_example_in_the_readme_works(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    readme = (ROOT / "docs" / "datasets.md").read_text()
     section = readme[readme.index("## Your own data"):]
     script = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL).group(1)
     monkeypatch.chdir(tmp_path)

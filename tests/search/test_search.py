@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
@@ -35,7 +36,6 @@ from aetool.search.grid import (
 )
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny grid: 2 EDs x 2 lr x 1 wd, 2 folds of 100 images, 2 epochs; about a second in all.
 TINY = ["--ed", "3", "--ed", "5", "--lr", "1e-2", "--lr", "1e-3", "--weight-decay", "1e-5",

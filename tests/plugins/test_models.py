@@ -11,10 +11,10 @@ import json
 import re
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from torch import nn
 from typer.testing import CliRunner
 
@@ -30,7 +30,6 @@ from aetool.train import fast
 from aetool.train.loop import fit_run
 from aetool.train.step import make_generator
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS_PAGE = ROOT / "docs" / "models.md"
 PLUGINS_PAGE = ROOT / "docs" / "plugins.md"
 runner = CliRunner()

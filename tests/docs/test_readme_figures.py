@@ -6,7 +6,7 @@ The speed figures must match the result files that `benchmarks/speed.py` and
 to the digits printed; the report checkpoints' test MSE in the accuracy table is recomputed
 from the checkpoints. After the checks, any decimal number left in those sections that no
 check accounted for fails the test: a new figure needs a result file and a check here.
-(The README's Table 1 is checked by tests/test_corrupt.py.)
+(The README's Table 1 is checked by tests/evaluate/test_corrupt.py.)
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from aetool.models import load_model, parse_model_spec
 from aetool.train.loop import evaluate
 
-ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -342,7 +342,7 @@ def test_time_budget_figures_match_the_committed_results():
 
 def test_search_workers_figures_match_the_committed_results():
     """`search --workers 2 --threads 1` against one worker with 2 threads (issue 15)."""
-    text = section(DOCS / "operations.md", "`tests/test_postgres.py` runs this recipe",
+    text = section(DOCS / "operations.md", "`tests/search/test_postgres.py` runs this recipe",
                    "Without a database")
     if "benchmarks/results/search_workers-" not in text:
         assert unaccounted(text, set()) == []

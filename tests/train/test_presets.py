@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from aetool.train.loop import DEFAULT_PRESET, fit, learning_rate, preset_config
 
-README = Path(__file__).resolve().parents[1] / "docs" / "fit.md"
+README = ROOT / "docs" / "fit.md"
 
 
 def test_the_best_preset_is_the_readme_s_recipe():

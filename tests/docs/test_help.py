@@ -4,15 +4,15 @@ exactly the commands there are."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import typer
+from conftest import ROOT
 from typer.testing import CliRunner
 
 from aetool.cli import app
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = ROOT / "README.md"
 runner = CliRunner()
 
 

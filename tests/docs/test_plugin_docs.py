@@ -9,16 +9,16 @@ import dataclasses
 import inspect
 import re
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from aetool import noises, plugins
 from aetool.noises import Noise, NoiseParam, build_noise, registered_noises
 from aetool.plugins import hookspecs
 
-README = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+README = ROOT / "docs" / "plugins.md"
 
 
 def hook_specs() -> list[types.FunctionType]:

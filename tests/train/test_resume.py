@@ -3,7 +3,7 @@ by SIGTERM, resumed, killed by SIGKILL, resumed again, and must end with exactly
 history and weights of an uninterrupted run (README: "continues from there and reaches the
 same result an uninterrupted run would"), with and without `--noise`.
 
-tests/test_fit.py checks the library after a KeyboardInterrupt at an epoch boundary; here the
+tests/train/test_fit.py checks the library after a KeyboardInterrupt at an epoch boundary; here the
 signals come from outside while the process trains, and SIGKILL gives it no chance to clean
 up. Every run trains on the CPU with one thread, so results are compared bit for bit.
 """
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 from fsguard import guarded_env
 
 from aetool import workspace as runs
 from aetool.train.loop import fit, preset_config
 
-ROOT = Path(__file__).resolve().parents[1]
 # A short run of the default recipe (cosine schedule with warm-up): 500 training images in
 # batches of 50, about 0.1-0.2 s an epoch here. The epochs are enough that the signals land
 # mid-run with several epochs to spare.

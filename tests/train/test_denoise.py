@@ -1,6 +1,6 @@
 """`fit --noise` trains a denoising autoencoder: corrupted inputs, clean targets (README).
 
-tests/test_noises.py checks that the noise reaches training at all (the loss differs from a
+tests/plugins/test_noises.py checks that the noise reaches training at all (the loss differs from a
 clean run) and that config.json records it; here the target is checked: a model trained
 noisy -> noisy would pass that test, and fails this one.
 """
