@@ -1,8 +1,10 @@
-"""Shared fixtures: small fabricated MNIST-like data, a workspace, and the real MNIST."""
+"""Shared fixtures: small fabricated MNIST-like data, a workspace, tiny trained runs, and the
+real MNIST."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,6 +94,41 @@ def workspace(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "runs"
     monkeypatch.setenv("AETOOL_RUNS", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, fake_data) -> Path:
+    """A workspace trained once per session on the fake data (preset `report`, batch 100, the
+    same 100 validation images): `ed3` and `ed4`, finished after 1 epoch, and `half` (ED 3),
+    stopped after the first of its 2 epochs as an interrupted `aetool fit` leaves it.
+
+    Every test shares it: never change it; copy the runs a test needs into its own folder with
+    `copy_runs` (module-scoped copies for tests that only read them)."""
+    from dataclasses import replace
+
+    from aetool import fit, preset_config
+
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    split = split_train_val(fake_data, val_size=100, seed=0)
+    configs = {ed: preset_config("report", ed=ed, max_epochs=1, batch_size=100, device="cpu",
+                                 val_size=100) for ed in (3, 4)}
+    for ed, config in configs.items():
+        fit(config, root / f"ed{ed}", split=split)
+
+    def stop(record, cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(replace(configs[3], max_epochs=2), root / "half", split=split, on_epoch=stop)
+    return root
+
+
+def copy_runs(source: Path, target: Path, *names: str) -> Path:
+    """Copies the runs `names` of the workspace `source` (e.g. `trained_runs`) into the
+    workspace `target`, made if needed; returns `target`."""
+    for name in names:
+        shutil.copytree(source / name, target / name)
+    return target
 
 
 def real_mnist_or_skip(root: Path | str | None = None):

@@ -7,16 +7,15 @@ import re
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, copy_runs
 from typer.testing import CliRunner
 
 from aetool import workspace as runs
 from aetool.cli import app
-from aetool.data import split_train_val
 from aetool.evaluate.corrupt import NOISE_EXAMPLES, NOISE_TABLE, noise_table, render_examples
 from aetool.models import load_model
 from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
-from aetool.train.loop import evaluate, fit, preset_config
+from aetool.train.loop import evaluate
 
 runner = CliRunner()
 # Table 1 and its tolerances moved from the README to the docs site (issue 23).
@@ -37,13 +36,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def trained_workspace(tmp_path_factory, fake_data):
-    """A workspace with one tiny finished run, `ed3` (2 epochs on the fake data)."""
-    root = tmp_path_factory.mktemp("corrupt") / "runs"
-    split = split_train_val(fake_data, val_size=100, seed=0)
-    config = preset_config("report", ed=3, max_epochs=2, batch_size=100, device="cpu")
-    fit(config, root / "ed3", split=split)
-    return root
+def trained_workspace(tmp_path_factory, trained_runs):
+    """A workspace with one tiny finished run, `ed3` (a copy of conftest's)."""
+    return copy_runs(trained_runs, tmp_path_factory.mktemp("corrupt") / "runs", "ed3")
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import copy_runs
 from typer.testing import CliRunner
 
 from aetool import workspace as runs
 from aetool.cli import app
-from aetool.data import split_train_val
 from aetool.errors import AetoolError
 from aetool.evaluate.embed import embed_run, scatter_png
 from aetool.report.render import SECTIONS, render_report, template_source, write_report
-from aetool.train.loop import fit, preset_config
 
 ALL_SECTIONS = list(SECTIONS)
 NOISES = [("original", "none", {}), ("N(0,0.1)", "gaussian", {"sigma": 0.1}),
@@ -86,12 +85,6 @@ def write_search_results(root: Path, eds: list[int]) -> None:
     runs.save_json(root / "search" / "results.json", results)
 
 
-def train_tiny_run(root: Path, name: str, ed: int, split) -> Path:
-    config = preset_config("report", ed=ed, max_epochs=3, device="cpu", batch_size=100)
-    fit(config, root / name, split=split)
-    return root / name
-
-
 def clone_run(source: Path, target: Path, ed: int, scale: float) -> None:
     """A copy of a run folder posing as another ED, its figures scaled (the report never loads
     the weights, so one tiny trained run can stand for several)."""
@@ -111,11 +104,9 @@ def clone_run(source: Path, target: Path, ed: int, scale: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fake_data) -> Path:
-    """A finished tiny ED=4 run (trained once for the module) and its clone as ED=32."""
-    root = tmp_path_factory.mktemp("trained") / "runs"
-    split = split_train_val(fake_data, val_size=100, seed=0)
-    train_tiny_run(root, "ed4", 4, split)
+def trained(tmp_path_factory, trained_runs) -> Path:
+    """A finished tiny ED=4 run (a copy of conftest's) and its clone as ED=32."""
+    root = copy_runs(trained_runs, tmp_path_factory.mktemp("trained") / "runs", "ed4")
     clone_run(root / "ed4", root / "ed32", 32, 0.5)
     return root
 

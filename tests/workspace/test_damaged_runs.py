@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from typer.testing import CliRunner
 
 from aetool import workspace as runs
 from aetool.cli import app
-from aetool.train.loop import fit, preset_config
 
 runner = CliRunner()
 
@@ -56,23 +54,10 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fake_data):
-    """Built once: a finished run `ed3` (1 epoch) and an unfinished one `half` (stopped
-    after its first of 2 epochs), on the fake data."""
-    from aetool.data import split_train_val
-
-    root = tmp_path_factory.mktemp("damaged") / "runs"
-    split = split_train_val(fake_data, val_size=100, seed=0)
-    config = preset_config("report", ed=3, max_epochs=1, batch_size=100, device="cpu",
-                           val_size=100)
-    fit(config, root / "ed3", split=split)
-
-    def stop(record, cfg):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(replace(config, max_epochs=2), root / "half", split=split, on_epoch=stop)
-    return root
+def trained(trained_runs):
+    """A finished run `ed3` (1 epoch) and an unfinished one `half` (stopped after its first of
+    2 epochs), on the fake data: conftest's, shared, so only ever copied."""
+    return trained_runs
 
 
 @pytest.fixture()

@@ -12,9 +12,9 @@ damaged runs on it (`corrupt`, `embed`, `report`, `fit --resume`, `fit --from-se
   failure: only typer's exits are allowed), with an error sentence when it fails;
 - nothing outside the workspace changed (its sibling folder, the current folder, the data).
 
-The runs are trained once per module (1 epoch on the fake data of conftest.py) and copied for
-each example. Profiles: `ci` (fixed examples, derandomized; chosen when CI=true) keeps the
-module within about a minute and a half on two cores; `dev` draws more, at random; the
+The runs are trained once per session (conftest's `trained_runs`, 1 epoch on its fake data) and
+copied for each example. Profiles: `ci` (fixed examples, derandomized; chosen when CI=true) keeps
+the module within about a minute and a half on two cores; `dev` draws more, at random; the
 environment variable HYPOTHESIS_PROFILE picks either.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import copy_runs
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -101,33 +102,19 @@ def tensors(draw) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fake_data, fake_data_dir) -> Path:
+def trained(tmp_path_factory, trained_runs, fake_data) -> Path:
     """Built once: a workspace with a finished run `ed3` (1 epoch, with its noise table and
-    embedding), an unfinished run `half` (stopped after its first epoch) and search results
-    for ED 3."""
-    from dataclasses import replace
-
-    from aetool.data import split_train_val
+    embedding), an unfinished run `half` (stopped after its first epoch), both copied from
+    conftest's, and search results for ED 3."""
     from aetool.evaluate.corrupt import corrupt_and_save
     from aetool.evaluate.embed import embed_run
     from aetool.noises import parse_noise_specs
-    from aetool.train.loop import fit, preset_config
 
-    root = tmp_path_factory.mktemp("property") / "runs"
-    split = split_train_val(fake_data, val_size=100, seed=0)
-    config = preset_config("report", ed=3, max_epochs=1, batch_size=100, device="cpu",
-                           val_size=100)
-    fit(config, root / "ed3", split=split)
+    root = copy_runs(trained_runs, tmp_path_factory.mktemp("property") / "runs", "ed3", "half")
     run = runs.open_run(root / "ed3")
     corrupt_and_save(run.model(), fake_data.test_images, parse_noise_specs(["original"]),
                      run.path, run.name, run.ed, examples=1)
     embed_run(run, fake_data)
-
-    def stop(record, cfg):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fit(replace(config, max_epochs=2), root / "half", split=split, on_epoch=stop)
     setting = {"lr": 0.01, "weight_decay": 1e-5, "val_mean": 0.05, "val_std": 0.001,
                "train_mean": 0.049, "gap": 0.001, "oscillation": 0.0, "kept": True,
                "reason": None, "fold_val": [0.05], "fold_train": [0.049]}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_runs
 from fsguard import guarded_env
 from typer.testing import CliRunner
 
@@ -90,11 +91,10 @@ def sandbox(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def finished(sandbox, fake_data_dir):
-    """The sandbox with a finished run `ed4` in its workspace."""
+def finished(sandbox, trained_runs):
+    """The sandbox with a finished run `ed4` (a copy of conftest's) in its workspace."""
     parent, workspace = sandbox
-    result = invoke("fit", "--ed", "4", *small_args(fake_data_dir))
-    assert result.exit_code == 0, result.output
+    copy_runs(trained_runs, workspace, "ed4")
     return parent, workspace
 
 

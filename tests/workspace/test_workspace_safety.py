@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import copy_runs
 from typer.testing import CliRunner
 
 from aetool import workspace as runs
@@ -58,21 +59,10 @@ def outside(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, fake_data_dir) -> Path:
-    """A workspace with a finished run `ed4`, made once and copied by `ws`."""
-    root = tmp_path_factory.mktemp("trained") / "runs"
-    result = invoke("fit", "--ed", "4", "--runs", root, *small(fake_data_dir))
-    assert result.exit_code == 0, result.output
-    return root
-
-
 @pytest.fixture()
-def ws(trained, tmp_path, monkeypatch) -> Path:
-    import shutil
-
-    root = tmp_path / "runs"
-    shutil.copytree(trained, root)
+def ws(trained_runs, tmp_path, monkeypatch) -> Path:
+    """A workspace with a finished run `ed4` (a copy of conftest's), as $AETOOL_RUNS."""
+    root = copy_runs(trained_runs, tmp_path / "runs", "ed4")
     monkeypatch.setenv("AETOOL_RUNS", str(root))
     return root
 
