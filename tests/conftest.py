@@ -131,6 +131,45 @@ def copy_runs(source: Path, target: Path, *names: str) -> Path:
     return target
 
 
+class Said:
+    """A command's result, its output with Rich's panel borders and line wrapping undone."""
+
+    def __init__(self, result) -> None:
+        self.exit_code = result.exit_code
+        self.raw = result.output
+        text = "".join(" " if c in "│╭╮╰╯─" else c for c in result.output)
+        self.output = " ".join(text.split())
+        self.stdout = result.stdout
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (names relative to it) with its bytes."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture()
+def sandbox(tmp_path, monkeypatch):
+    """parent/ holding a sibling folder with a file that must survive, and parent/ws, the
+    workspace (as $AETOOL_RUNS)."""
+    parent = tmp_path / "parent"
+    (parent / "sibling").mkdir(parents=True)
+    (parent / "sibling" / "keep.txt").write_text("precious")
+    workspace = parent / "ws"
+    monkeypatch.setenv("AETOOL_RUNS", str(workspace))
+    return parent, workspace
+
+
+@pytest.fixture()
+def finished(sandbox, trained_runs):
+    """The sandbox with a finished run `ed4` (copied from `trained_runs`) in its workspace."""
+    parent, workspace = sandbox
+    copy_runs(trained_runs, workspace, "ed4")
+    return parent, workspace
+
+
 def real_mnist_or_skip(root: Path | str | None = None):
     """The real MNIST from `root` (default: the user's cache), fetched if it is not there.
 
