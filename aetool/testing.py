@@ -43,12 +43,12 @@ from aetool.errors import AetoolError, SettingError, first_line
 from aetool.models import SIDE, ModelSpec, parse_model_spec
 
 # How close a fast training mode must train to eager mode: the README's "about 1e-6" for the
-# losses and, for the weights, the share of how far training moved them (tests/test_fast.py
+# losses and, for the weights, the share of how far training moved them (tests/train/test_fast.py
 # measured both; CUDA's bounds are its placeholders until measured on a GPU).
 LOSS_RTOL, WEIGHT_GAP = 2e-6, 2e-3
 CUDA_LOSS_RTOL, CUDA_WEIGHT_GAP = 1e-4, 1e-2
 # How close models trained together (vmap) must train to one at a time, relative, in float32
-# (tests/test_batched.py's bound).
+# (tests/train/test_batched.py's bound).
 BATCHED_RTOL = 2e-4
 # Evaluation mode: an image's output alone and within a batch (other kernels may sum in
 # another order; a batch-dependent output, as BatchNorm's without running statistics, is off
@@ -407,7 +407,8 @@ def _mode(parsed: ModelSpec, ed: int, data: _TrainingData, seed: int, mode: str,
 def model_gap(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
               start: dict[str, torch.Tensor]) -> float:
     """|state - reference| / |reference - start| over all floating-point tensors together (as
-    tests/test_fast.py measures modes); infinite when training moved nothing but they differ."""
+    tests/train/test_fast.py measures modes); infinite when training moved nothing but they
+    differ."""
     off = sum(float((state[k].float() - reference[k].float()).norm()) ** 2 for k in reference)
     moved = sum(float((reference[k].float() - start[k].float()).norm()) ** 2 for k in reference)
     if moved == 0:

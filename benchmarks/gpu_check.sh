@@ -50,8 +50,8 @@ step() {  # step NAME TIMEOUT COMMAND...: run, keep its JSON and log, go on what
 # benchmarks' own result files (--results "") are left out to stay within that limit (the
 # device's copy of benchmarks/results/ does not come back): each step's JSON output is kept.
 echo "== tests"
-timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_fast.py tests/test_batched.py \
-    > "$out/tests.log" 2>&1
+timeout 150 "$py" -m pytest -q -p no:cacheprovider -rs tests/train/test_fast.py \
+    tests/train/test_batched.py > "$out/tests.log" 2>&1
 echo "== tests: exit $?"
 tail -n 15 "$out/tests.log"
 step speed 150 "$py" benchmarks/speed.py --device "$device" --modes "$modes" --epochs 5 --fit \

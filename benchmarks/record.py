@@ -4,7 +4,7 @@ Each benchmark script calls `save_result(kind, script, results, args.results, de
 the file holds the results and the conditions they were measured under (command line, UTC
 date, device, CPU model and flags from /proc/cpuinfo, thread counts, load average, versions),
 so that every figure the README quotes can be traced to, and checked against, a committed
-file (tests/test_readme_figures.py does that).
+file (tests/docs/test_readme_figures.py does that).
 
 Speed benchmarks call `add_busy_option(parser)` and then `check_idle(args.allow_busy)` first:
 on a busy machine (1-minute load average at least `BUSY_LOAD` at the start) they refuse to

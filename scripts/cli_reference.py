@@ -1,5 +1,5 @@
 """Write docs/cli.md, the CLI reference, from the Typer app itself: every command and
-subcommand with its usage, help and options. tests/test_docs.py fails when the committed page
+subcommand with its usage, help and options. tests/docs/test_docs.py fails when the committed page
 differs from what this prints, so run it after changing a command:
 
     .venv/bin/python scripts/cli_reference.py            # rewrite docs/cli.md
@@ -19,7 +19,7 @@ OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 HEADER = """# CLI reference
 
 Generated from the command line itself by `scripts/cli_reference.py`; do not edit by hand
-(`tests/test_docs.py` fails when this page is stale). Every command also prints this with
+(`tests/docs/test_docs.py` fails when this page is stale). Every command also prints this with
 `--help`.
 """
 

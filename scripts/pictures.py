@@ -6,7 +6,7 @@ table, the latent space and the HTML report. It copies the latent plots and the 
 into `docs/img/`, screenshots the report with headless Chromium and writes
 `docs/img/pictures.json`: for each picture its sha256 and what made it (this script, the
 study's settings, the runs' results, aetool's and torch's versions, the date).
-tests/test_pictures.py fails when a picture the docs show is not the one recorded there.
+tests/docs/test_pictures.py fails when a picture the docs show is not the one recorded there.
 
 Where Chromium is missing the script says so and keeps the old screenshot (and its record).
 It writes only into `--out` and a temporary workspace; one thread, about four minutes on a

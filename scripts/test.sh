@@ -28,8 +28,9 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
             "unless AETOOL_TEST_NO_BROWSER=1)" >&2
 fi
 
-# PostgreSQL for tests/test_postgres.py (two search workers splitting a grid, a killed worker's
-# trial retried, a rerun that trains nothing): a throwaway server from the distribution's package
+# PostgreSQL for tests/search/test_postgres.py (two search workers splitting a grid, a killed
+# worker's trial retried, a rerun that trains nothing): a throwaway server from the
+# distribution's package
 # (installed with apt-get when missing and we are root), its data in a temporary folder,
 # listening on 127.0.0.1 only, stopped and deleted when this script exits, on failure too. Its
 # URL goes to the tests in AETOOL_TEST_POSTGRES; where no server could be started,
@@ -94,7 +95,7 @@ start_postgres() {
 trap stop_postgres EXIT
 if ! start_postgres; then
   export AETOOL_TEST_POSTGRES_SKIP="$PG_REASON"
-  echo "No PostgreSQL for the tests ($PG_REASON); tests/test_postgres.py will skip" >&2
+  echo "No PostgreSQL for the tests ($PG_REASON); tests/search/test_postgres.py will skip" >&2
 fi
 
 .venv/bin/python -m ruff check aetool tests benchmarks plugins scripts

@@ -1,8 +1,10 @@
-"""Shared fixtures: small fabricated MNIST-like data, a workspace, and the real MNIST."""
+"""Shared fixtures: small fabricated MNIST-like data, a workspace, tiny trained runs, and the
+real MNIST."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from aetool.data import (
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guard"))
 import pytest_fsguard  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The repository root, for the tests that read its files (README, docs/, benchmarks/, aetool/).
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 SEED_CHECKPOINTS = SHARED / "seed" / "checkpoints"
 
 # Keep the user's installed plugins out of the tests (built-ins still load).
@@ -90,6 +94,80 @@ def workspace(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "runs"
     monkeypatch.setenv("AETOOL_RUNS", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, fake_data) -> Path:
+    """A workspace trained once per session on the fake data (preset `report`, batch 100, the
+    same 100 validation images): `ed3` and `ed4`, finished after 1 epoch, and `half` (ED 3),
+    stopped after the first of its 2 epochs as an interrupted `aetool fit` leaves it.
+
+    Every test shares it: never change it; copy the runs a test needs into its own folder with
+    `copy_runs` (module-scoped copies for tests that only read them)."""
+    from dataclasses import replace
+
+    from aetool import fit, preset_config
+
+    root = tmp_path_factory.mktemp("trained") / "runs"
+    split = split_train_val(fake_data, val_size=100, seed=0)
+    configs = {ed: preset_config("report", ed=ed, max_epochs=1, batch_size=100, device="cpu",
+                                 val_size=100) for ed in (3, 4)}
+    for ed, config in configs.items():
+        fit(config, root / f"ed{ed}", split=split)
+
+    def stop(record, cfg):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(replace(configs[3], max_epochs=2), root / "half", split=split, on_epoch=stop)
+    return root
+
+
+def copy_runs(source: Path, target: Path, *names: str) -> Path:
+    """Copies the runs `names` of the workspace `source` (e.g. `trained_runs`) into the
+    workspace `target`, made if needed; returns `target`."""
+    for name in names:
+        shutil.copytree(source / name, target / name)
+    return target
+
+
+class Said:
+    """A command's result, its output with Rich's panel borders and line wrapping undone."""
+
+    def __init__(self, result) -> None:
+        self.exit_code = result.exit_code
+        self.raw = result.output
+        text = "".join(" " if c in "│╭╮╰╯─" else c for c in result.output)
+        self.output = " ".join(text.split())
+        self.stdout = result.stdout
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (names relative to it) with its bytes."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture()
+def sandbox(tmp_path, monkeypatch):
+    """parent/ holding a sibling folder with a file that must survive, and parent/ws, the
+    workspace (as $AETOOL_RUNS)."""
+    parent = tmp_path / "parent"
+    (parent / "sibling").mkdir(parents=True)
+    (parent / "sibling" / "keep.txt").write_text("precious")
+    workspace = parent / "ws"
+    monkeypatch.setenv("AETOOL_RUNS", str(workspace))
+    return parent, workspace
+
+
+@pytest.fixture()
+def finished(sandbox, trained_runs):
+    """The sandbox with a finished run `ed4` (copied from `trained_runs`) in its workspace."""
+    parent, workspace = sandbox
+    copy_runs(trained_runs, workspace, "ed4")
+    return parent, workspace
 
 
 def real_mnist_or_skip(root: Path | str | None = None):

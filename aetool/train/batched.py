@@ -19,7 +19,7 @@ size, and a model with nothing left skips the step (its Adam state and step coun
 are). So layers that normalise over the batch see the images one-at-a-time training gives
 them: BatchNorm updates each model's own running statistics (its slice of the stacked
 buffers) and evaluates with them. The batched path reproduces the sequential one up to
-floating-point rounding; `tests/test_batched.py` checks it, BatchNorm included.
+floating-point rounding; `tests/train/test_batched.py` checks it, BatchNorm included.
 
 Any registered model can be batched whose forward pass `torch.func.functional_call` and
 `vmap` can vectorise (no data-dependent Python control flow, no `.item()`, no random numbers

@@ -21,7 +21,7 @@ Modes:
 - Every mode runs in the precision it is given (`aetool.train.fast.precision`: `32`, `bf16-mixed`,
   `16-mixed` on CUDA but not in `graph` mode): the forward pass and loss under its autocast.
 - `auto`: `tuned` on CUDA and the CPU, `eager` on MPS. (`graph` becomes the CUDA default once
-  `tests/test_fast.py -k graph` and `benchmarks/speed.py` have been run on a GPU.) On a
+  `tests/train/test_fast.py -k graph` and `benchmarks/speed.py` have been run on a GPU.) On a
   2-core CPU `tuned` trained about 1.45x faster than `eager` and `compile` was slower than
   `tuned` (and compiles for 10-30 s), see benchmarks/README.md.
 
@@ -73,7 +73,7 @@ def resolve_mode(mode: str, device: torch.device | str) -> str:
     if mode not in MODES:
         raise AetoolError(f"Unknown training mode {mode!r}; choose one of: {', '.join(MODES)}.")
     if mode == "auto":
-        # `graph` is opt-in until it has been checked on a GPU (tests/test_fast.py -k graph).
+        # `graph` is opt-in until it has been checked on a GPU (tests/train/test_fast.py -k graph).
         return {"cuda": "tuned", "cpu": "tuned"}.get(device.type, "eager")
     if mode == "graph" and device.type != "cuda":
         raise AetoolError(f"Training mode 'graph' needs a CUDA device, not {device.type}.")

@@ -133,7 +133,7 @@ class GraphEpoch:
 
     def _captured_step(self, batch_size: int, with_noise: bool) -> None:
         """The step the graph holds: forward, backward, Adam, and the loss added to the total.
-        (A method of its own, so that tests can replay it on the CPU, tests/test_fast.py.)"""
+        (A method of its own, so that tests can replay it on the CPU, tests/train/test_fast.py.)"""
         loss = self._step_body(with_noise)
         loss.backward()
         self.optimizer.step()

@@ -1,0 +1,110 @@
+"""Progress of long commands: plain lines (at most one per `--log-every` interval, plus the
+first and the last) when the output is not a terminal, in a log while `fit` runs, `--quiet`,
+and `--threads` on every long command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from fsguard import guarded_env
+from typer.testing import CliRunner
+
+from aetool import workspace as runs
+from aetool.cli import app
+from aetool.cli.longrun import Progress, clock_text
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_lines_at_most_one_per_interval_plus_first_and_last():
+    clock, lines = FakeClock(), []
+    with Progress(live=False, interval=10, write=lines.append, clock=clock) as progress:
+        task = progress.add("fit ED=4", total=6, unit="epoch")
+        for epoch in range(1, 7):
+            clock.now += 4  # an epoch every 4 s
+            task.update(completed=epoch, status=f"train 0.0{epoch} val 0.0{epoch}")
+    # epochs 1 (first), 4 (12 s after it), 6 (the last); not 2, 3 or 5
+    assert [line.split(":")[1].split()[1] for line in lines] == ["1/6", "4/6", "6/6"]
+    assert lines[0] == "fit ED=4: epoch 1/6  train 0.01 val 0.01  elapsed 0:04  eta 0:20"
+    assert lines[-1].endswith("elapsed 0:24  eta 0:00")
+
+
+def test_quiet_prints_nothing_and_every_update_with_interval_zero():
+    lines = []
+    with Progress(live=False, quiet=True, write=lines.append) as progress:
+        progress.add("corrupt", total=3).update(completed=1)
+    assert lines == []
+    with Progress(live=False, interval=0, write=lines.append) as progress:
+        task = progress.add("corrupt", total=3)
+        for _ in range(3):
+            task.advance()
+    assert len(lines) == 3 and lines[-1].startswith("corrupt: 3/3")
+
+
+def test_clock_text():
+    assert clock_text(5) == "0:05" and clock_text(3725) == "1:02:05" and clock_text(None) == "?"
+
+
+def test_fit_writes_epoch_lines_to_a_log_while_it_runs(fake_data_dir, workspace):
+    env = guarded_env(AETOOL_RUNS=str(workspace), AETOOL_DATA=str(fake_data_dir),
+                      OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "aetool", "fit", "--ed", "2", "--max-epochs", "300",
+           "--preset", "report", "--batch-size", "50", "--device", "cpu", "--patience", "0",
+           "--val-size", "100", "--log-every", "0", "--threads", "1", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    try:
+        for line in proc.stderr:  # a pipe, not a terminal: plain lines, as they come
+            seen.append(line)
+            if "epoch 3/300" in line:
+                break
+        assert proc.poll() is None, "".join(seen)  # still training when its lines arrived
+    finally:
+        proc.kill()
+        proc.communicate()
+    epochs = [line for line in seen if line.startswith("fit ED=2: epoch ")]
+    assert len(epochs) == 3, seen
+    assert "train " in epochs[0] and " val " in epochs[0] and "eta " in epochs[0]
+
+
+def test_fit_quiet_and_threads_recorded(fake_data_dir, workspace):
+    result = invoke("fit", "--ed", "2", "--max-epochs", "2", "--batch-size", "100",
+                    "--val-size", "100", "--device", "cpu", "--data-dir", fake_data_dir,
+                    "--quiet", "--threads", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert "epoch" not in result.stderr
+    metrics = runs.load_json(workspace / "ed2" / runs.METRICS)
+    assert metrics["environment"]["threads"] == 1
+
+
+@pytest.mark.parametrize("command", ["fit", "search", "corrupt", "embed", "study"])
+def test_long_commands_take_quiet_threads_and_log_every(command):
+    result = invoke(command, "--help")
+    for option in ("--quiet", "--threads", "--log-every"):
+        assert option in result.output, (command, option)
+
+
+@pytest.mark.parametrize("command", ["fit", "search", "corrupt", "embed", "study"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_threads_below_one_exit_2_naming_the_option(command, value, workspace):
+    result = invoke(command, "--threads", value, "--runs", workspace)
+    assert result.exit_code == 2, result.output
+    flat = " ".join("".join(" " if c in "│╭╮╰╯─" else c for c in result.output).split())
+    assert "--threads" in flat and f"must be at least 1, got {value}" in flat
+    assert "Traceback" not in result.output and not workspace.exists()
