@@ -35,6 +35,7 @@ _API = {
     "build_model": "aetool.models", "load_model": "aetool.models",
     "fit": "aetool.train.loop", "fit_run": "aetool.train.loop", "run_config": "aetool.train.loop",
     "resume_config": "aetool.train.loop", "FitResult": "aetool.train.loop",
+    "plan_fit": "aetool.train.loop", "FitPlan": "aetool.train.loop",
     "SearchConfig": "aetool.config", "run_search": "aetool.search.grid",
     "corrupt_models": "aetool.evaluate.corrupt", "embed_runs": "aetool.evaluate.embed",
     "write_report": "aetool.report.render",
