@@ -61,6 +61,25 @@ def test_quiet_prints_nothing_and_every_update_with_interval_zero():
     assert len(lines) == 3 and lines[-1].startswith("corrupt: 3/3")
 
 
+def test_the_library_progress_events_are_shown_by_one_renderer():
+    """`Progress` is the library's `ProgressFn`: each `ProgressEvent` moves the line of its
+    task (added with its first event unless `add` made it), in the format above."""
+    from aetool.errors import ProgressEvent
+
+    clock, lines = FakeClock(), []
+    with Progress(live=False, interval=0, write=lines.append, clock=clock) as progress:
+        progress.add("search", total=8, unit="models")
+        clock.now += 3
+        progress(ProgressEvent("search", 2, 8, "ED 3: 2 settings x 2 folds", "models"))
+        progress(ProgressEvent("embed", 0, 2, unit="runs", name="ed4"))
+        clock.now += 3
+        progress(ProgressEvent("embed", 1, 2, unit="runs", name="ed8"))
+    assert lines == ["search: models 2/8  ED 3: 2 settings x 2 folds  elapsed 0:03  eta 0:09",
+                     "embed ed4: runs 0/2  elapsed 0:00  eta ?",
+                     "embed ed8: runs 1/2  elapsed 0:03  eta 0:03"]
+    assert [t.description for t in progress.tasks] == ["search", "embed ed8"]
+
+
 def test_clock_text():
     assert clock_text(5) == "0:05" and clock_text(3725) == "1:02:05" and clock_text(None) == "?"
 

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from aetool import workspace as runs
 from aetool.cli import app
-from aetool.errors import RunError
+from aetool.errors import ProgressEvent, RunError
 from aetool.search import grid as search
 from aetool.search import storage as search_study
 from aetool.search.grid import (
@@ -393,9 +393,11 @@ def test_run_search_starts_its_own_workers_from_python(fake_data_dir, workspace,
                 if t.system_attrs[search_study.WORKER_ATTR]["pid"] != os.getpid()]:
             time.sleep(0.2)
 
+    events = []
     results = run_search(config, workspace, workers=2, threads=1, data_dir=fake_data_dir,
-                         on_train=on_train)
+                         on_train=on_train, on_progress=events.append)
     assert results["complete"] is True
+    assert events[-1] == ProgressEvent("search", 12, 12, "done", "models")  # the protocol
     trials = study_trials(config, workspace)
     table = states_by_point(trials)
     assert len(table) == 6 and all(c["COMPLETE"] == 1 and c["FAIL"] == 0

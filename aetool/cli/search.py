@@ -156,14 +156,10 @@ def search(
     resolve_precision(config.precision, resolve_device(device))
     root = runs.workspace_root(runs_root)
     with Progress(quiet=quiet, interval=log_every) as progress:
-        task = progress.add("search", total=len(config.grid()) * folds, unit="models")
-
-        def on_progress(done: float, total: int, status: str) -> None:
-            task.update(completed=done, total=total, status=status)
-
+        progress.add("search", total=len(config.grid()) * folds, unit="models")
         with download_progress() as data_progress:
             results = run_search(config, root, workers=workers, threads=threads,
-                                 data_dir=data_dir, on_progress=on_progress,
+                                 data_dir=data_dir, on_progress=progress,
                                  data_progress=data_progress)
     if json_output:
         print_json(results)

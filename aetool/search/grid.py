@@ -47,9 +47,16 @@ import torch
 
 from aetool import workspace as runs
 from aetool.config import SEED_MAX, SEED_RULE, FitConfig
-from aetool.data import ProgressFn, load_dataset, split_train_val
+from aetool.data import load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
-from aetool.errors import AetoolError, RunError, SettingError, first_line
+from aetool.errors import (
+    AetoolError,
+    ProgressEvent,
+    ProgressFn,
+    RunError,
+    SettingError,
+    first_line,
+)
 from aetool.models import parse_model_spec
 from aetool.search.storage import (
     SEARCH_DIR,
@@ -84,8 +91,6 @@ CPU_PARALLEL = 1
 GPU_MAX_PARALLEL = 128
 BYTES_PER_IMAGE = 160_000  # activations and gradients of one image in one model, with slack
 
-# (completed units, total units, what is happening); a unit is one (ED, setting, fold).
-SearchProgressFn = Callable[[float, int, str], None]
 # Called with each group of models (one TrainJob per grid point and fold) right before this
 # worker trains them: what a worker actually trains, e.g. to check that no point is trained
 # twice. A group retried with fewer models after running out of GPU memory is reported again.
@@ -362,7 +367,7 @@ def run_search(
     workers: int = 1,
     threads: int | None = None,
     data_dir: Path | str | None = None,
-    on_progress: SearchProgressFn | None = None,
+    on_progress: ProgressFn | None = None,
     data_progress: ProgressFn | None = None,
     on_train: TrainHook | None = None,
 ) -> dict[str, Any]:
@@ -398,7 +403,7 @@ def run_search(
 
 
 def _search_here(config: SearchConfig, workspace: runs.Workspace, device: torch.device,
-                 data_dir: Path | str | None, on_progress: SearchProgressFn | None,
+                 data_dir: Path | str | None, on_progress: ProgressFn | None,
                  data_progress: ProgressFn | None, on_train: TrainHook | None
                  ) -> dict[str, Any]:
     """This process's part of `run_search`, then the results file."""
@@ -469,7 +474,7 @@ def read_helper_settings(text: str
 
 def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
                   folds: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                  on_progress: SearchProgressFn | None, on_train: TrainHook | None) -> None:
+                  on_progress: ProgressFn | None, on_train: TrainHook | None) -> None:
     """Claim and train pending grid points, a group at a time, until none is left; then wait
     for the points other workers are training."""
     from optuna.trial import TrialState
@@ -482,8 +487,8 @@ def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
     def report(value: float, status: str) -> None:
         nonlocal units
         units = value
-        if on_progress is not None:
-            on_progress(min(units, total), total, status)
+        if on_progress is not None:  # a unit is one (ED, setting, fold)
+            on_progress(ProgressEvent("search", min(units, total), total, status, "models"))
 
     while True:
         pending, done, elsewhere = study.status()
