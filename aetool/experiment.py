@@ -196,21 +196,10 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
     found = _study_runs(settings, root, unloadable)
     todo = [r for r in found if not (r.path / runs.NOISE_TABLE).exists()]
     total = max(len(todo) * len(noises), 1)
-    count, current = 0, ""
-
-    def on_row(row: Any) -> None:
-        nonlocal count
-        count += 1
-        progress(ProgressEvent("corrupt", count, total, f"{current}: {row['label']}"))
-
-    def on_target(target: Any) -> None:
-        nonlocal current
-        current = target.name
-
     # Each run is corrupted on the test images of the data set it was trained on.
     skipped: Unloadable = []
     corrupt_models(run_targets(todo, device, skipped=skipped), noises, device,
-                   data_dir=data_dir, on_target=on_target, on_row=on_row, skipped=skipped)
+                   data_dir=data_dir, on_progress=progress, skipped=skipped)
     for entry in skipped:
         _note(unloadable, entry.name, RunError(entry.reason))
     todo = [r for r in todo if all(e.name != r.name for e in skipped)]
@@ -230,9 +219,7 @@ def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
     # Each run is embedded with the data set it was trained on.
     skipped: Unloadable = []
     embed_runs(todo, settings.methods, resolve_device(settings.device), data_dir=data_dir,
-               seed=settings.seed, skipped=skipped,
-               on_run=lambda run: progress(ProgressEvent("embed", todo.index(run), len(todo),
-                                                            run.name)))
+               seed=settings.seed, skipped=skipped, on_progress=progress)
     for entry in skipped:
         _note(unloadable, entry.name, RunError(entry.reason))
     todo = [r for r in todo if all(e.name != r.name for e in skipped)]

@@ -19,7 +19,6 @@ from aetool.cli.common import (
     JsonOption,
     ResizeOption,
     RunsOption,
-    download_progress,
     handle_errors,
     print_json,
     seed_range,
@@ -157,10 +156,8 @@ def search(
     root = runs.workspace_root(runs_root)
     with Progress(quiet=quiet, interval=log_every) as progress:
         progress.add("search", total=len(config.grid()) * folds, unit="models")
-        with download_progress() as data_progress:
-            results = run_search(config, root, workers=workers, threads=threads,
-                                 data_dir=data_dir, on_progress=progress,
-                                 data_progress=data_progress)
+        results = run_search(config, root, workers=workers, threads=threads,
+                             data_dir=data_dir, on_progress=progress, data_progress=progress)
     if json_output:
         print_json(results)
     else:
