@@ -80,6 +80,32 @@ def test_the_library_progress_events_are_shown_by_one_renderer():
     assert [t.description for t in progress.tasks] == ["search", "embed ed8"]
 
 
+def test_corrupt_and_embed_report_with_the_protocol(fake_data, fake_data_dir, tmp_path):
+    """corrupt_models and embed_runs tell one `ProgressFn` of each run as it starts and of
+    each row / the end, as `ProgressEvent`s (what the CLI's `Progress` shows)."""
+    from aetool.config import preset_config
+    from aetool.data import split_train_val
+    from aetool.errors import ProgressEvent
+    from aetool.evaluate.corrupt import corrupt_models, run_targets
+    from aetool.evaluate.embed import embed_runs
+    from aetool.noises import parse_noise_specs
+    from aetool.train.loop import fit
+
+    config = preset_config("report", ed=2, max_epochs=1, batch_size=100, device="cpu")
+    fit(config, tmp_path / "ed2", split=split_train_val(fake_data, val_size=100, seed=0))
+    found = [runs.open_run(tmp_path / "ed2")]
+    events = []
+    corrupt_models(run_targets(found, "cpu"), parse_noise_specs(["original", "uniform"]),
+                   data_dir=fake_data_dir, examples=0, on_progress=events.append)
+    embed_runs(found, data_dir=fake_data_dir, on_progress=events.append)
+    assert events == [ProgressEvent("corrupt", 0, 2, "", "rows", "ed2"),
+                      ProgressEvent("corrupt", 1, 2, "original", "rows", "ed2"),
+                      ProgressEvent("corrupt", 2, 2, events[2].status, "rows", "ed2"),
+                      ProgressEvent("embed", 0, 1, unit="runs", name="ed2"),
+                      ProgressEvent("embed", 1, 1, "done", "runs")]
+    assert events[2].status.startswith("uniform")
+
+
 def test_clock_text():
     assert clock_text(5) == "0:05" and clock_text(3725) == "1:02:05" and clock_text(None) == "?"
 
