@@ -408,6 +408,26 @@ def test_run_search_starts_its_own_workers_from_python(fake_data_dir, workspace,
     assert torch.get_num_threads() == 1  # this process's threads are as they were
 
 
+def test_a_helper_reads_its_settings_back_with_their_checks(workspace):
+    """What `run_search` tells a helper on stdin reads back as the same search; anything else
+    is one sentence, and `python -m aetool.search` exits 1 (2 for a bad setting) with it."""
+    from aetool.errors import AetoolError, SettingError
+
+    config = tiny_config(workspace / "s.log", resize=True)
+    text = search.helper_settings(config, workspace, None, 1)
+    assert search.read_helper_settings(text) == (config, workspace.absolute(), None, 1)
+    with pytest.raises(AetoolError, match="not what run_search writes: unknown setting 'nope'"):
+        search.read_helper_settings(text.replace('"folds"', '"nope"'))
+    with pytest.raises(SettingError, match="^Folds must be at least 2"):
+        search.read_helper_settings(text.replace('"folds": 2', '"folds": 1'))
+    for stdin, code in (("garbage", 1), (text.replace('"folds": 2', '"folds": 1'), 2)):
+        done = subprocess.run([sys.executable, "-m", "aetool.search"], input=stdin, text=True,
+                              env=subprocess_env(workspace), capture_output=True, timeout=120)
+        assert done.returncode == code and done.stdout == "", done.stderr
+        assert done.stderr.startswith("Error in search worker ") and \
+            len(done.stderr.splitlines()) == 1, done.stderr
+
+
 def test_two_workers_claiming_one_point_at_once_train_it_once(
     fake_data_dir, workspace, monkeypatch
 ):
