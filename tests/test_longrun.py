@@ -80,6 +80,20 @@ def test_the_library_progress_events_are_shown_by_one_renderer():
     assert [t.description for t in progress.tasks] == ["search", "embed ed8"]
 
 
+def test_a_data_set_loader_may_tell_downloads_either_way():
+    """A loader's `progress` takes a `ProgressEvent`, or the older `(label, done, total)`."""
+    from aetool.data.registry import loader_progress
+    from aetool.errors import ProgressEvent
+
+    events = []
+    tell = loader_progress(events.append)
+    tell("a.gz", 10, 100)
+    tell(ProgressEvent("download a.gz", 100, 100, unit="bytes"))
+    assert events == [ProgressEvent("download a.gz", 10, 100, unit="bytes"),
+                      ProgressEvent("download a.gz", 100, 100, unit="bytes")]
+    assert loader_progress(None) is None
+
+
 def test_corrupt_and_embed_report_with_the_protocol(fake_data, fake_data_dir, tmp_path):
     """corrupt_models and embed_runs tell one `ProgressFn` of each run as it starts and of
     each row / the end, as `ProgressEvent`s (what the CLI's `Progress` shows)."""
