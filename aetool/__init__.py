@@ -24,7 +24,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from aetool.errors import AetoolError, SettingError  # noqa: E402
+from aetool.errors import AetoolError, ProgressEvent, ProgressFn, SettingError  # noqa: E402
 
 # public name -> the module that owns it
 _API = {
@@ -129,4 +129,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_API})
 
 
-__all__ = ["AetoolError", "SettingError", "__version__", *_API]
+__all__ = ["AetoolError", "ProgressEvent", "ProgressFn", "SettingError", "__version__", *_API]

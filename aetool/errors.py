@@ -1,9 +1,20 @@
-"""The exception types aetool raises for problems a user can fix.
+"""What the library tells its caller besides results: the exception types aetool raises for
+problems a user can fix, and the progress of long work.
 
 The command line turns an `AetoolError` into one clear sentence on stderr and exit code 1,
 and a `SettingError` (a bad value of one setting) into a usage error naming the option, exit
 code 2. Anything else is a bug and keeps its traceback.
+
+Progress has one protocol: a long function (fit, search, corrupt, embed, a study, a data
+download) takes a `ProgressFn` and calls it with a `ProgressEvent` as its work moves on; the
+command line shows the events (`aetool.cli.longrun.Progress`: a live bar on a terminal, plain
+lines in a log).
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class AetoolError(Exception):
@@ -43,3 +54,23 @@ def first_line(exc: BaseException) -> str:
     to say what went wrong in one sentence, without a library's paragraph of advice."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """How far one task of long work is: `done` of `total` units (`total` None while unknown).
+
+    `task` says what kind of work ("fit", "search", "corrupt", "embed", "report", "download"),
+    `name` which one, if any (a run, ED=4, a file downloaded), `unit` what is counted
+    ("epoch", "models", "rows", "runs", "bytes"), `status` what is happening now, in words."""
+
+    task: str
+    done: float
+    total: float | None = None
+    status: str = ""
+    unit: str = ""
+    name: str = ""
+
+
+# The one progress callback of the library: called with each `ProgressEvent`.
+ProgressFn = Callable[[ProgressEvent], None]

@@ -16,7 +16,7 @@ from typing import Any
 
 from aetool import workspace as runs
 from aetool.config import FitConfig, StudySettings
-from aetool.errors import AetoolError, RunError, SettingError
+from aetool.errors import AetoolError, ProgressEvent, ProgressFn, RunError, SettingError
 from aetool.train.budget import MAX_EPOCHS, duration_text
 from aetool.train.loop import fit_run, resume_config, run_config
 
@@ -52,10 +52,6 @@ def check_study(settings: StudySettings) -> None:
         raise SettingError("methods", str(exc)) from None
 
 
-# Progress: (stage, units done, units in all, what is happening now).
-StudyProgressFn = Callable[[str, float, float, str], None]
-
-
 @dataclass
 class StageResult:
     stage: str
@@ -74,13 +70,13 @@ def _note(unloadable: Unloadable, name: str, exc: AetoolError) -> None:
 
 
 def _search(settings: StudySettings, root: Path, data_dir: Path | None,
-            progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
+            progress: ProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.search.grid import run_search
 
     tic = time.perf_counter()
     results = run_search(
         settings.search_config(), root, data_dir=data_dir,
-        on_progress=lambda done, total, status: progress("search", done, total, status),
+        on_progress=progress,
     )
     # The search resumes from its study: points trained before are not trained again.
     label = [f"ED {ed}" for ed in results.get("eds", {})]
@@ -88,14 +84,14 @@ def _search(settings: StudySettings, root: Path, data_dir: Path | None,
 
 
 def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
-         progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
+         progress: ProgressFn, unloadable: Unloadable) -> StageResult:
     tic = time.perf_counter()
     done, skipped = [], []
     for i, ed in enumerate(settings.eds):
         name = runs.default_run_name(ed)
         if (root / name / runs.METRICS).exists():
             skipped.append(name)
-            progress("fit", i + 1, len(settings.eds), f"{name} already trained")
+            progress(ProgressEvent("fit", i + 1, len(settings.eds), f"{name} already trained"))
             continue
         # A new run's settings come from the study (and its search): a problem there stops it.
         config = None if (root / name / runs.STATE).exists() else _new_config(settings, root, ed)
@@ -107,7 +103,7 @@ def _fit(settings: StudySettings, root: Path, data_dir: Path | None,
             _note(unloadable, name, exc)
             continue
         done.append(name)
-        progress("fit", i + 1, len(settings.eds), f"{name} done")
+        progress(ProgressEvent("fit", i + 1, len(settings.eds), f"{name} done"))
     return StageResult("fit", time.perf_counter() - tic, done, skipped)
 
 
@@ -123,12 +119,12 @@ def _new_config(settings: StudySettings, root: Path, ed: int) -> FitConfig:
 
 
 def _fit_one(config: FitConfig, root: Path, name: str, data_dir: Path | None,
-             progress: StudyProgressFn, i: int, count: int) -> None:
+             progress: ProgressFn, i: int, count: int) -> None:
     """Train (or resume) run `name`, the `i`-th of the study's `count`."""
 
     def on_epoch(record: Any, cfg: Any) -> None:
-        progress("fit", i + record.epoch / config.max_epochs, count,
-                 f"{name}: epoch {record.epoch}, val {record.val_loss:.5f}")
+        progress(ProgressEvent("fit", i + record.epoch / config.max_epochs, count,
+                               f"{name}: epoch {record.epoch}, val {record.val_loss:.5f}"))
 
     fit_run(config, root, name, existing="continue", data_dir=data_dir, on_epoch=on_epoch)
 
@@ -148,7 +144,7 @@ def _study_runs(settings: StudySettings, root: Path, unloadable: Unloadable) -> 
 
 
 def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
-             progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
+             progress: ProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.devices import resolve_device
     from aetool.evaluate.corrupt import corrupt_models, run_targets
     from aetool.noises import DEFAULT_NOISE_SPECS, parse_noise_specs
@@ -159,31 +155,20 @@ def _corrupt(settings: StudySettings, root: Path, data_dir: Path | None,
     found = _study_runs(settings, root, unloadable)
     todo = [r for r in found if not (r.path / runs.NOISE_TABLE).exists()]
     total = max(len(todo) * len(noises), 1)
-    count, current = 0, ""
-
-    def on_row(row: Any) -> None:
-        nonlocal count
-        count += 1
-        progress("corrupt", count, total, f"{current}: {row['label']}")
-
-    def on_target(target: Any) -> None:
-        nonlocal current
-        current = target.name
-
     # Each run is corrupted on the test images of the data set it was trained on.
     skipped: Unloadable = []
     corrupt_models(run_targets(todo, device, skipped=skipped), noises, device,
-                   data_dir=data_dir, on_target=on_target, on_row=on_row, skipped=skipped)
+                   data_dir=data_dir, on_progress=progress, skipped=skipped)
     for entry in skipped:
         _note(unloadable, entry.name, RunError(entry.reason))
     todo = [r for r in todo if all(e.name != r.name for e in skipped)]
-    progress("corrupt", total, total, "done")
+    progress(ProgressEvent("corrupt", total, total, "done"))
     return StageResult("corrupt", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
 
 
 def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
-           progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
+           progress: ProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.devices import resolve_device
     from aetool.evaluate.embed import embed_runs
 
@@ -193,25 +178,24 @@ def _embed(settings: StudySettings, root: Path, data_dir: Path | None,
     # Each run is embedded with the data set it was trained on.
     skipped: Unloadable = []
     embed_runs(todo, settings.methods, resolve_device(settings.device), data_dir=data_dir,
-               seed=settings.seed, skipped=skipped,
-               on_run=lambda run: progress("embed", todo.index(run), len(todo), run.name))
+               seed=settings.seed, skipped=skipped, on_progress=progress)
     for entry in skipped:
         _note(unloadable, entry.name, RunError(entry.reason))
     todo = [r for r in todo if all(e.name != r.name for e in skipped)]
-    progress("embed", len(todo), max(len(todo), 1), "done")
+    progress(ProgressEvent("embed", len(todo), max(len(todo), 1), "done"))
     return StageResult("embed", time.perf_counter() - tic, [r.name for r in todo],
                        [r.name for r in found if r not in todo])
 
 
 def _report(settings: StudySettings, root: Path, data_dir: Path | None,
-            progress: StudyProgressFn, unloadable: Unloadable) -> StageResult:
+            progress: ProgressFn, unloadable: Unloadable) -> StageResult:
     from aetool.report.render import write_report
 
     tic = time.perf_counter()
     result = write_report(root)
     for entry in result.unreadable:  # listed in the page, and skipped by the study
         _note(unloadable, entry["name"], RunError(entry["reason"]))
-    progress("report", 1, 1, str(result.path))
+    progress(ProgressEvent("report", 1, 1, str(result.path)))
     return StageResult("report", time.perf_counter() - tic, [str(result.path)], [])
 
 
@@ -251,7 +235,7 @@ def run_study(
     runs_root: Path | str | None = None,
     *,
     data_dir: Path | str | None = None,
-    on_progress: StudyProgressFn | None = None,
+    on_progress: ProgressFn | None = None,
     on_stage: Callable[[StageResult], None] | None = None,
 ) -> dict[str, Any]:
     """Run every stage in order, skipping finished work; return and save the stage timings.
@@ -261,7 +245,7 @@ def run_study(
     check_study(settings)
     root = runs.workspace_root(runs_root)
     data_dir = Path(data_dir) if data_dir is not None else None
-    progress = on_progress or (lambda *args: None)
+    progress = on_progress or (lambda event: None)
     stages = [s for s in STAGES if not (s == "search" and settings.skip_search)]
     results: list[StageResult] = []
     tic = time.perf_counter()
@@ -270,9 +254,9 @@ def run_study(
     for stage in stages:
         if stage == "fit" and settings.time_budget is not None:
             settings, time_plan = split_time(settings, root, time.perf_counter() - tic)
-            progress("fit", 0, len(settings.eds), (
+            progress(ProgressEvent("fit", 0, len(settings.eds), (
                 f"time budget: {duration_text(time_plan['seconds_per_fit'])} for each of "
-                f"{len(time_plan['fits'])} fits") if time_plan["fits"] else "nothing to fit")
+                f"{len(time_plan['fits'])} fits") if time_plan["fits"] else "nothing to fit"))
         result = RUNNERS[stage](settings, root, data_dir, progress, unloadable)
         results.append(result)
         if on_stage is not None:

@@ -104,11 +104,6 @@ def parse_model_spec(spec: str | None) -> ModelSpec:
     return ModelSpec(model, values, name if "/" in name else None)
 
 
-def resolve_model_spec(spec: str | None) -> str:
-    """The canonical spec (every parameter spelt out) that `config.json` records."""
-    return parse_model_spec(spec).spec
-
-
 def build_model(spec: str | None, ed: int, device: torch.device | str = "cpu") -> nn.Module:
     """A fresh, checked module of the model `spec` for encoding dimension `ed` on `device`."""
     return parse_model_spec(spec).build(ed).to(device)

@@ -698,13 +698,13 @@ def _load_arrays(source: str, root: Path | str | None, resize: bool,
                  progress: ProgressFn | None, loaded: list[Any]) -> str:
     from aetool.data import default_data_root
     from aetool.data.files import load_path
-    from aetool.data.registry import DatasetArrays, registered_datasets
+    from aetool.data.registry import DatasetArrays, loader_progress, registered_datasets
 
     registry = registered_datasets()
     if source in registry:
         dataset = registry[source]
         folder = Path(root) if root is not None else default_data_root()
-        arrays, classes = dataset.load(folder, progress), dataset.classes
+        arrays, classes = dataset.load(folder, loader_progress(progress)), dataset.classes
         where = f"data set {source!r} (plugin {dataset.plugin})"
         assert isinstance(arrays, DatasetArrays), (
             f"The loader returned {type(arrays).__name__}, not aetool.data.registry.DatasetArrays.")

@@ -10,8 +10,7 @@ import signal
 import sys
 import typing
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -284,30 +283,4 @@ def progress_bar(*extra_columns: Any, transient: bool = False) -> Progress:
         console=stderr,
         transient=transient,
     )
-
-
-@contextmanager
-def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
-    """A progress callback for data downloads, shown only if a download happens."""
-    progress: Progress | None = None
-    tasks: dict[str, Any] = {}
-
-    def update(label: str, done: int, total: int | None) -> None:
-        nonlocal progress
-        if progress is None:
-            progress = Progress(
-                TextColumn("[bold]downloading {task.description}"), BarColumn(),
-                TextColumn("{task.completed:,.0f}/{task.total:,.0f} bytes"),
-                console=stderr, transient=True,
-            )
-            progress.start()
-        if label not in tasks:
-            tasks[label] = progress.add_task(label, total=total)
-        progress.update(tasks[label], completed=done)
-
-    try:
-        yield update
-    finally:
-        if progress is not None:
-            progress.stop()
 

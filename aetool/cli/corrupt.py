@@ -23,7 +23,6 @@ from aetool.cli.common import (
     RunsOption,
     at_least,
     dataset_choice,
-    download_progress,
     handle_errors,
     print_json,
     seed_range,
@@ -117,14 +116,11 @@ def corrupt(
     if run or not checkpoint:
         found = runs.Workspace(runs_root).select(run, None if checkpoint else ed, skip)
         targets += library.run_targets(found, torch_device, dataset, skip)
-    with Progress(quiet=quiet, interval=log_every) as progress, \
-            download_progress() as data_progress:
-        task = progress.add("corrupt", total=len(targets) * len(noises), unit="rows")
+    with Progress(quiet=quiet, interval=log_every) as progress:
+        progress.add("corrupt", total=len(targets) * len(noises), unit="rows")
         records = library.corrupt_models(
             targets, noises, torch_device, data_dir=data_dir, seed=seed, batch_size=batch_size,
-            examples=examples, data_progress=data_progress,
-            on_target=lambda t: task.update(description=f"corrupt {t.name}"),
-            on_row=lambda row: task.advance(), skipped=skip,
+            examples=examples, data_progress=progress, on_progress=progress, skipped=skip,
         )
     if json_output:
         print_json({"seed": seed, "noises": [n.as_dict() for n in noises], "models": records,

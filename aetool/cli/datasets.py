@@ -18,11 +18,11 @@ from aetool.cli.common import (
     JsonOption,
     ResizeOption,
     dataset_choice,
-    download_progress,
     handle_errors,
     print_json,
     stderr,
 )
+from aetool.cli.longrun import Progress
 from aetool.cli.noises import with_plugin_warnings
 
 PRESENT = {True: "yes", False: "no", None: "?"}
@@ -92,7 +92,7 @@ def check(
     Exit 0 when all pass, 1 otherwise."""
     from aetool.testing import check_dataset
 
-    with download_progress() as progress:
+    with Progress() as progress:  # data downloads, if any
         report = with_plugin_warnings(lambda: check_dataset(dataset, root=data_dir,
                                                             resize=resize, progress=progress))
     finish(report, "aetool datasets check", json_output)

@@ -18,7 +18,6 @@ from aetool.cli.common import (
     JsonOption,
     RunsOption,
     dataset_choice,
-    download_progress,
     handle_errors,
     one_of,
     print_json,
@@ -85,17 +84,11 @@ def embed(
     skipped: list[runs.Unreadable] = []  # runs of the whole workspace that cannot be loaded
     skip = None if run else skipped
     picked = runs.Workspace(runs_root).select(run, ed, skip)
-    with Progress(quiet=quiet, interval=log_every) as progress, \
-            download_progress() as data_progress:
-        task = progress.add("embed", total=len(picked), unit="runs")
-
-        def on_run(found: runs.Run) -> None:
-            task.update(completed=picked.index(found), description=f"embed {found.name}")
-
+    with Progress(quiet=quiet, interval=log_every) as progress:
+        progress.add("embed", total=len(picked), unit="runs")
         summaries = embed_runs(picked, method or ["pca"], torch_device,
-                               data_dir=data_dir, dataset=dataset, seed=seed, on_run=on_run,
-                               data_progress=data_progress, skipped=skip)
-        task.update(completed=len(picked))
+                               data_dir=data_dir, dataset=dataset, seed=seed,
+                               on_progress=progress, data_progress=progress, skipped=skip)
     show(summaries, json_output)
     finish(skipped)
 

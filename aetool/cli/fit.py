@@ -18,7 +18,6 @@ from aetool.cli.common import (
     JsonOption,
     RunsOption,
     at_least,
-    download_progress,
     handle_errors,
     one_of,
     preset_choice,
@@ -221,9 +220,8 @@ def train_with_progress(config: FitConfig, runs_root: Path, name: str, existing:
                      f"this run will take about {duration_text(expected)}, not "
                      f"{duration_text(cfg.time_budget)}.")
 
-    with download_progress() as data_progress:
-        result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
-                         on_epoch=on_epoch, data_progress=data_progress, mode=mode)
+    result = fit_run(config, runs_root, name, existing=existing, data_dir=data_dir,
+                     on_epoch=on_epoch, data_progress=progress, mode=mode)
     if task is not None:
         task.update(total=len(result.history), completed=len(result.history))
     return result

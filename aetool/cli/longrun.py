@@ -10,7 +10,6 @@ never written, so `--json` stays clean.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from rich.markup import escape
 from rich.progress import TextColumn
 
 from aetool.cli.common import non_negative, progress_bar, stderr, thread_count
+from aetool.errors import ProgressEvent
 
 DEFAULT_LOG_EVERY = 10.0
 
@@ -53,14 +53,6 @@ def duration(value: str | None) -> float | None:
         return parse_duration(value)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def use_threads(threads: int | None) -> int:
@@ -145,8 +137,9 @@ class Task:
 class Progress:
     """Progress of one command on stderr: a live Rich bar on a terminal, plain lines (at most
     one every `interval` seconds, plus each task's first and last) elsewhere, nothing with
-    `quiet`. Use as a context manager; tasks may be added lazily (fit adds its task with the
-    first finished epoch, so an error before it is the first line on stderr)."""
+    `quiet`. Use as a context manager. It is the library's `ProgressFn`: called with a
+    `ProgressEvent`, it shows the task the event names, added with its first event (so an
+    error found before any progress is the first line on stderr) unless `add` made it."""
 
     def __init__(self, *, quiet: bool = False, interval: float = DEFAULT_LOG_EVERY,
                  live: bool | None = None, write: Callable[[str], None] | None = None,
@@ -155,6 +148,7 @@ class Progress:
         self.live = stderr.is_terminal if live is None else live
         self.write = write or _write_stderr
         self.tasks: list[Task] = []
+        self.by_task: dict[str, Task] = {}  # tasks by the `ProgressEvent.task` they show
         self._bar: Any = None
         self._last_line: float | None = None
 
@@ -164,12 +158,24 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def __call__(self, event: ProgressEvent) -> None:
+        """Show a library `ProgressEvent` on the line of its task (`event.task`)."""
+        description = f"{event.task} {event.name}" if event.name else None
+        task = self.by_task.get(event.task)
+        if task is None:
+            task = self.add(description or event.task, event.total, unit=event.unit,
+                            key=event.task)
+        task.update(completed=event.done, total=event.total, status=event.status,
+                    description=description)
+
     def add(self, description: str, total: float | None = None, *, completed: float = 0,
-            status: str = "", start: bool = True, unit: str = "", elapsed: float = 0.0
-            ) -> Task:
-        """A new task; `elapsed` seconds of its work happened before it was added."""
+            status: str = "", start: bool = True, unit: str = "", elapsed: float = 0.0,
+            key: str | None = None) -> Task:
+        """A new task, shown by the events whose `task` is `key` (default: `description`);
+        `elapsed` seconds of its work happened before it was added."""
         task = Task(self, description, total, completed, status, start, unit, elapsed)
         self.tasks.append(task)
+        self.by_task[key or description] = task
         if self.live and not self.quiet:
             if self._bar is None:
                 self._bar = progress_bar(TextColumn("{task.fields[status]}"))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,28 +19,19 @@ from aetool.cli.common import (
     JsonOption,
     ResizeOption,
     RunsOption,
-    download_progress,
     handle_errors,
     print_json,
     seed_range,
     shown,
     stderr,
-    warn,
 )
 from aetool.cli.fit import PrecisionOption
-from aetool.cli.longrun import (
-    LogEveryOption,
-    Progress,
-    QuietOption,
-    ThreadsOption,
-    cpu_cores,
-    use_threads,
-)
+from aetool.cli.longrun import LogEveryOption, Progress, QuietOption, ThreadsOption
 from aetool.cli.models import ModelOption
 from aetool.config import DEFAULT_EDS, DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, SearchConfig
-from aetool.search import workers as search_workers
+from aetool.errors import SettingError
 from aetool.search.grid import check_search, results_path, run_search
-from aetool.search.workers import follow_parent, worker_limit
+from aetool.search.workers import check_workers
 
 _DEFAULTS = SearchConfig()
 
@@ -55,11 +44,10 @@ def _parallel(value: str | None) -> str | None:
 
 def _workers(value: int) -> int:
     """At least 1, and no more than this machine can run (exit 2 naming the limit)."""
-    if value < 1:
-        raise typer.BadParameter(f"must be at least 1, got {value}")
-    limit, why = worker_limit()
-    if value > limit:
-        raise typer.BadParameter(f"must be at most {limit} on this machine ({why}), got {value}")
+    try:
+        check_workers(value)
+    except SettingError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("workers ")) from None
     return value
 
 
@@ -149,7 +137,6 @@ def search(
     """Grid-search lr and weight decay per ED with k-fold cross-validation.
 
     Resumable, and several workers sharing --storage split the grid."""
-    follow_parent()  # a worker that `--workers` started ends with the search that started it
     config = SearchConfig.given(  # an option not given is None: the library's default
         eds=ed or None, lrs=lr or None, weight_decays=weight_decay or None, folds=folds,
         epochs=epochs, batch_size=batch_size, seed=seed, dataset=dataset, resize=resize,
@@ -158,26 +145,11 @@ def search(
         study_name=study_name, parallel=None if parallel in (None, "auto") else int(parallel),
     )
     check_search(config)  # every value checked before the progress bar shows (exit 2 naming it)
-    if workers > 1 and threads is None:
-        threads = max(1, cpu_cores() // workers)
-    use_threads(threads)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = runs.workspace_root(runs_root)
     with Progress(quiet=quiet, interval=log_every) as progress:
-        task = progress.add("search", total=len(config.grid()) * config.folds, unit="models")
-
-        def on_progress(done: float, total: int, status: str) -> None:
-            task.update(completed=done, total=total, status=status)
-
-        helpers = start_workers(config, root, data_dir, workers - 1, threads)
-        try:
-            with download_progress() as data_progress:
-                results = run_search(config, root, data_dir=data_dir,
-                                     on_progress=on_progress, data_progress=data_progress)
-        finally:
-            stop_workers(helpers)
+        progress.add("search", total=len(config.grid()) * config.folds, unit="models")
+        results = run_search(config, root, workers=workers, threads=threads,
+                             data_dir=data_dir, on_progress=progress, data_progress=progress)
     if json_output:
         print_json(results)
     else:
@@ -191,48 +163,6 @@ def print_results(results: dict[str, Any], root: Path, model: str) -> None:
     stderr.print(f"Results saved in [bold]{escape(str(results_path(root)))}[/]; study "
                  f"[bold]{escape(results['study']['name'])}[/] in "
                  f"{escape(str(results['study']['storage']))}")
-
-
-def worker_command(config: SearchConfig, root: Path, data_dir: Path | None,
-                   threads: int | None) -> list[str]:
-    """The `aetool search` command line of one more worker on the same study."""
-    args = [sys.executable, "-m", "aetool", "search", "--runs", str(root), "--quiet"]
-    for option, values in (("--ed", config.eds), ("--lr", config.lrs),
-                           ("--weight-decay", config.weight_decays)):
-        for value in values:
-            args += [option, repr(value)]
-    for option, value in (
-        ("--folds", config.folds), ("--epochs", config.epochs),
-        ("--batch-size", config.batch_size), ("--seed", config.seed),
-        ("--max-loss", config.max_loss), ("--max-oscillation", config.max_oscillation),
-        ("--val-size", config.val_size), ("--limit", config.limit),
-        ("--parallel", config.parallel), ("--storage", config.storage),
-        ("--study-name", config.study_name), ("--device", config.device),
-        ("--dataset", config.dataset), ("--data-dir", data_dir), ("--threads", threads),
-        ("--model", config.model), ("--precision", config.precision),
-    ):
-        if value is not None:
-            args += [option, str(value) if not isinstance(value, float) else repr(value)]
-    return args + (["--resize"] if config.resize else [])
-
-
-def start_workers(config: SearchConfig, root: Path, data_dir: Path | None, count: int,
-                  threads: int | None) -> list[subprocess.Popen]:
-    """Start `count` more worker processes on the same study (quiet; errors on stderr); each
-    ends when this process ends, even if it is killed (`aetool.search.workers`)."""
-    return search_workers.start_workers(worker_command(config, root, data_dir, threads), count)
-
-
-def stop_workers(helpers: list[subprocess.Popen]) -> None:
-    """Wait for the helper workers (they finish with the grid); stop them if this worker
-    stopped early, so their trials are failed and retried by the next search."""
-    if sys.exc_info()[0] is not None:
-        for helper in helpers:
-            if helper.poll() is None:
-                helper.terminate()
-    for helper in helpers:
-        if helper.wait() not in (0, 130, -15):
-            warn(f"search worker {helper.pid} ended with exit code {helper.returncode}.")
 
 
 def _fmt(value: float | None, spec: str = ".5f") -> str:

@@ -144,15 +144,12 @@ def study(
         tasks = {s: progress.add(s, total=None, start=False)
                  for s in STAGES if not (s == "search" and skip_search)}
 
-        def on_progress(stage: str, done: float, total: float, status: str) -> None:
-            tasks[stage].update(completed=done, total=total, status=status)
-
         def on_stage(result) -> None:
             task = tasks[result.stage]
             total = task.total or 1
             task.update(completed=total, total=total, status=f"{result.seconds:.1f} s")
 
-        summary = run_study(settings, runs_root, data_dir=data_dir, on_progress=on_progress,
+        summary = run_study(settings, runs_root, data_dir=data_dir, on_progress=progress,
                             on_stage=on_stage)
     skipped = [Unreadable(**entry) for entry in summary.get("unloadable", [])]
     if json_output:

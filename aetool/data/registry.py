@@ -3,10 +3,10 @@
 A `Dataset` has a name, a one-line description, its class names (or none) and a loader,
 `load(root, progress) -> DatasetArrays`: uint8 train and test images (N, 28, 28) and their
 labels, or no labels. `root` is the data cache folder (`--data-dir`), where a loader keeps the
-files it fetches. The built-ins (`mnist`, `fashion-mnist`, `kmnist`, `emnist`,
-`emnist-letters`) are plugins of exactly this kind in `aetool.plugins.default`. A path on disk
-is a data set too; `aetool.data.files` reads those, and `aetool.data.load_dataset` checks
-whatever a loader returns before anything uses it.
+files it fetches; `progress` (or None) is told of downloads (`loader_progress`). The built-ins
+(`mnist`, `fashion-mnist`, `kmnist`, `emnist`, `emnist-letters`) are plugins of exactly this
+kind in `aetool.plugins.default`. A path on disk is a data set too; `aetool.data.files` reads
+those, and `aetool.data.load_dataset` checks whatever a loader returns before anything uses it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aetool import plugins
-from aetool.errors import DataSettingError
+from aetool.errors import DataSettingError, ProgressEvent, ProgressFn
 
 
 @dataclass
@@ -42,6 +42,21 @@ class Dataset:
     # Optional: `present(root) -> bool`, whether the files are in the data cache already.
     present: Callable[[Path], bool] | None = None
     plugin: str | None = None  # filled in by the registry: the plugin that registered it
+
+
+def loader_progress(progress: ProgressFn | None) -> Callable[..., None] | None:
+    """The `progress` a loader gets: a `ProgressFn`, called with `ProgressEvent("download
+    FILE", bytes done, bytes total, unit="bytes")`; a loader may also call it the older way,
+    `progress(label, bytes done, bytes total)`, which becomes that event."""
+    if progress is None:
+        return None
+
+    def tell(event: ProgressEvent | str, done: int = 0, total: int | None = None) -> None:
+        if not isinstance(event, ProgressEvent):
+            event = ProgressEvent(f"download {event}", done, total, unit="bytes")
+        progress(event)
+
+    return tell
 
 
 def registered_datasets() -> dict[str, Dataset]:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from aetool import workspace as runs
-from aetool.data import ProgressFn, check_unchanged, load_dataset, to_float
-from aetool.errors import AetoolError, SettingError
+from aetool.data import check_unchanged, load_dataset, to_float
+from aetool.errors import AetoolError, ProgressEvent, ProgressFn, SettingError
 from aetool.files import write_atomic
 from aetool.noises import ConfiguredNoise
 from aetool.train.step import evaluate, make_generator
@@ -258,14 +258,14 @@ def corrupt_models(
     seed: int = 42,
     batch_size: int = 1000,
     examples: int = 3,
-    on_target: Callable[[Target], None] | None = None,
-    on_row: RowCallback | None = None,
+    on_progress: ProgressFn | None = None,
     data_progress: ProgressFn | None = None,
     skipped: list[runs.Unreadable] | None = None,
 ) -> list[dict[str, Any]]:
     """The noise table of every target on its data set's test images (each set loaded once),
     saved into its folder; returns the records, each with its `folder`. A target whose data
-    cannot be had (or has changed) is an error, unless `skipped` is a list (see `skip`)."""
+    cannot be had (or has changed) is an error, unless `skipped` is a list (see `skip`).
+    `on_progress` hears of each target as it starts and of each row (task "corrupt")."""
     test_sets: dict[tuple[str, bool], Any] = {}
     ready = []
     for target in targets:  # every data set loaded and checked before anything is written
@@ -278,14 +278,27 @@ def corrupt_models(
             continue
         ready.append((target, data))
     records = []
-    for target, data in ready:
-        if on_target is not None:
-            on_target(target)
+    report = on_progress or (lambda event: None)
+    total = len(ready) * len(noises)
+    for i, (target, data) in enumerate(ready):
+        report(ProgressEvent("corrupt", i * len(noises), total, "", "rows", target.name))
         record = corrupt_and_save(target.model, data.test_images, noises, target.folder,
                                   target.name, target.ed, seed=seed, batch_size=batch_size,
-                                  examples=examples, on_row=on_row)
+                                  examples=examples,
+                                  on_row=_row_events(report, target.name, i * len(noises), total))
         records.append({**record, "folder": target.folder})
     return records
+
+
+def _row_events(report: ProgressFn, name: str, done: int, total: int) -> RowCallback:
+    """A row callback telling `report` of each row of target `name`, `done` rows in before."""
+    count = [done]
+
+    def on_row(row: dict[str, Any]) -> None:
+        count[0] += 1
+        report(ProgressEvent("corrupt", count[0], total, row["label"], "rows", name))
+
+    return on_row
 
 
 def _test_set(test_sets: dict[tuple[str, bool], Any], target: Target,

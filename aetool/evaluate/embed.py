@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from aetool import workspace as runs
-from aetool.data import ImageData, ProgressFn, check_unchanged, load_dataset, to_float
-from aetool.errors import AetoolError, first_line
+from aetool.data import ImageData, check_unchanged, load_dataset, to_float
+from aetool.errors import AetoolError, ProgressEvent, ProgressFn, first_line
 from aetool.files import write_atomic
 
 METHODS = ("pca", "tsne")
@@ -418,7 +418,7 @@ def embed_runs(
     data_dir: Path | str | None = None,
     dataset: str | None = None,
     seed: int = 0,
-    on_run: Callable[[runs.Run], None] | None = None,
+    on_progress: ProgressFn | None = None,
     data_progress: ProgressFn | None = None,
     skipped: list[runs.Unreadable] | None = None,
 ) -> list[dict[str, Any]]:
@@ -426,28 +426,30 @@ def embed_runs(
     set loaded once; returns the summaries, each with the run folder's `path`. A run that
     cannot be embedded (damaged weights, a model or data set not available here, changed
     data) is an error, unless `skipped` is a list: then it is appended there, and the others
-    are embedded."""
+    are embedded. `on_progress` hears of each run as it starts, and of the end (task
+    "embed", counting the runs of `found`)."""
     from aetool.evaluate.corrupt import skip
 
     methods = check_methods(list(methods))
     loaded: dict[tuple[str, bool], ImageData | AetoolError] = {}
     ready = []
-    for run in found:  # every data set loaded and checked before anything is written
+    for i, run in enumerate(found):  # every data set loaded and checked before any is written
         try:
-            ready.append((run, _run_data(run, loaded, dataset, data_dir, device,
-                                         data_progress)))
+            ready.append((i, run, _run_data(run, loaded, dataset, data_dir, device,
+                                            data_progress)))
         except AetoolError as exc:
             skip(run.name, exc, skipped)
     summaries = []
-    for run, data in ready:
-        if on_run is not None:
-            on_run(run)
+    report = on_progress or (lambda event: None)
+    for i, run, data in ready:
+        report(ProgressEvent("embed", i, len(found), unit="runs", name=run.name))
         try:
             _, summary = embed_run(run, data, methods, device, seed=seed)
         except AetoolError as exc:
             skip(run.name, exc, skipped)
             continue
         summaries.append({**summary, "path": str(run.path)})
+    report(ProgressEvent("embed", len(found), len(found), "done", "runs"))
     return summaries
 
 

@@ -31,11 +31,14 @@ counts failed trials as visited and can hand one point to two workers.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +49,21 @@ from aetool.config import (  # noqa: F401 (SearchConfig and the grid's defaults 
     DEFAULT_EDS,
     DEFAULT_LRS,
     DEFAULT_WEIGHT_DECAYS,
+    SEED_MAX,
+    SEED_RULE,
+    FitConfig,
     GridPoint,
     SearchConfig,
 )
-from aetool.data import ProgressFn, load_dataset, split_train_val
+from aetool.data import load_dataset, split_train_val
 from aetool.devices import device_description, resolve_device
-from aetool.errors import AetoolError, RunError
+from aetool.errors import (
+    AetoolError,
+    ProgressEvent,
+    ProgressFn,
+    RunError,
+    first_line,
+)
 from aetool.models import parse_model_spec
 from aetool.search.storage import (
     SEARCH_DIR,
@@ -60,6 +72,13 @@ from aetool.search.storage import (
     hide_password,
     open_storage,  # noqa: F401 (API: tests and callers open the storage from here)
     open_study,
+)
+from aetool.search.workers import (
+    check_workers,
+    start_workers,
+    stop_workers,
+    threads_per_worker,
+    torch_threads,
 )
 from aetool.train.batched import Curves, TrainJob, train_models
 from aetool.train.fast.precision import resolve_precision
@@ -75,8 +94,6 @@ CPU_PARALLEL = 1
 GPU_MAX_PARALLEL = 128
 BYTES_PER_IMAGE = 160_000  # activations and gradients of one image in one model, with slack
 
-# (completed units, total units, what is happening); a unit is one (ED, setting, fold).
-SearchProgressFn = Callable[[float, int, str], None]
 # Called with each group of models (one TrainJob per grid point and fold) right before this
 # worker trains them: what a worker actually trains, e.g. to check that no point is trained
 # twice. A group retried with fewer models after running out of GPU memory is reported again.
@@ -251,23 +268,49 @@ def run_search(
     config: SearchConfig,
     runs_root: Path | str | None = None,
     *,
+    workers: int = 1,
+    threads: int | None = None,
     data_dir: Path | str | None = None,
-    on_progress: SearchProgressFn | None = None,
+    on_progress: ProgressFn | None = None,
     data_progress: ProgressFn | None = None,
     on_train: TrainHook | None = None,
 ) -> dict[str, Any]:
     """Work through the grid with any other workers of the same study, wait until every point
     is done, then write and return `runs/search/results.json`.
 
-    `on_train` (a `TrainHook`) is called with every group of models this worker is about to
-    train, after its claims on their grid points held."""
-    config.validate()
+    `workers` processes on this machine share the search: this one and `workers - 1` helpers
+    it starts (`python -m aetool.search`, given the settings on stdin; at most what the
+    machine holds, see `aetool.search.workers`), which end with it. Each uses `threads`
+    PyTorch CPU threads (None: an equal share of the cores with several workers, else as
+    set) for the search. Progress and `on_train` (a `TrainHook`, called with every group of
+    models this worker is about to train, after its claims on their grid points held) see
+    this process's work only."""
+    check_search(config)
+    check_workers(workers, threads)
     spec = parse_model_spec(config.model)  # spelt out in full, and checked on a dummy batch
     spec.build(config.eds[0])
     config = replace(config, model=spec.spec)
     workspace = runs.Workspace(runs_root)
     device = resolve_device(config.device)
     config = replace(config, precision=resolve_precision(config.precision, device))
+    threads = threads_per_worker(workers, threads)
+    with torch_threads(threads):
+        helpers = start_helpers(config, workspace.root, data_dir, workers - 1, threads)
+        try:
+            results = _search_here(config, workspace, device, data_dir, on_progress,
+                                   data_progress, on_train)
+        except BaseException:
+            stop_workers(helpers, stop=True)
+            raise
+        stop_workers(helpers)
+    return results
+
+
+def _search_here(config: SearchConfig, workspace: runs.Workspace, device: torch.device,
+                 data_dir: Path | str | None, on_progress: ProgressFn | None,
+                 data_progress: ProgressFn | None, on_train: TrainHook | None
+                 ) -> dict[str, Any]:
+    """This process's part of `run_search`, then the results file."""
     images, checksum = search_images(config, data_dir, device, data_progress)
     folds = fold_indices(images.shape[0], config.folds, config.seed)
     protocol = {**config.protocol(), "train_images": int(images.shape[0]),
@@ -289,9 +332,53 @@ def run_search(
     return results
 
 
+# --------------------------------------------------------------------------- helper workers
+
+
+def start_helpers(config: SearchConfig, runs_root: Path, data_dir: Path | str | None,
+                  count: int, threads: int | None) -> list[subprocess.Popen]:
+    """Start `count` more worker processes on this search's study (`python -m aetool.search`,
+    the settings as JSON on stdin); each ends when this process ends, even if it is killed."""
+    if count < 1:
+        return []
+    return start_workers([sys.executable, "-m", "aetool.search"], count,
+                         helper_settings(config, runs_root, data_dir, threads))
+
+
+def helper_settings(config: SearchConfig, runs_root: Path | str, data_dir: Path | str | None,
+                    threads: int | None) -> str:
+    """What a helper worker is told on stdin, as JSON (read by `read_helper_settings`)."""
+    return json.dumps({"config": asdict(config), "runs_root": str(Path(runs_root).absolute()),
+                       "data_dir": None if data_dir is None else str(Path(data_dir).absolute()),
+                       "threads": threads})
+
+
+def read_helper_settings(text: str
+                         ) -> tuple[SearchConfig, Path, Path | None, int | None]:
+    """The settings `helper_settings` wrote: the search, the workspace, the data folder and
+    the threads, checked as `run_search` checks them (an AetoolError or SettingError)."""
+    try:
+        data = json.loads(text)
+        values, threads = data["config"], data["threads"]
+        unknown = sorted(set(values) - {f.name for f in fields(SearchConfig)})
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r}")
+        if threads is not None and not isinstance(threads, int):
+            raise ValueError(f"threads must be a whole number, got {threads!r}")
+        config = SearchConfig(**values)
+        root = Path(data["runs_root"])
+        data_dir = None if data["data_dir"] is None else Path(data["data_dir"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AetoolError("The search worker's settings on stdin are not what run_search "
+                          f"writes: {first_line(exc)}.") from None
+    check_search(config)
+    check_workers(1, threads)
+    return config, root, data_dir, threads
+
+
 def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
                   folds: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                  on_progress: SearchProgressFn | None, on_train: TrainHook | None) -> None:
+                  on_progress: ProgressFn | None, on_train: TrainHook | None) -> None:
     """Claim and train pending grid points, a group at a time, until none is left; then wait
     for the points other workers are training."""
     from optuna.trial import TrialState
@@ -304,8 +391,8 @@ def _work_through(config: SearchConfig, study: GridStudy, images: torch.Tensor,
     def report(value: float, status: str) -> None:
         nonlocal units
         units = value
-        if on_progress is not None:
-            on_progress(min(units, total), total, status)
+        if on_progress is not None:  # a unit is one (ED, setting, fold)
+            on_progress(ProgressEvent("search", min(units, total), total, status, "models"))
 
     while True:
         pending, done, elsewhere = study.status()

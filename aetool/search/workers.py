@@ -1,5 +1,6 @@
-"""The helper processes of `aetool search --workers N`: how many this machine can hold, and
-starting them so that none outlives the process that started it.
+"""The helper processes of a search with several workers on one machine (`run_search(...,
+workers=N)`, `aetool search --workers N`): how many this machine can hold, starting them so
+that none outlives the process that started it, and waiting for them.
 
 How many. Each worker is a whole Python process with PyTorch, the data set and its models,
 training with at least one CPU thread, so N may not exceed the cores this process may run on,
@@ -22,9 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from aetool.errors import AetoolError, first_line
+from aetool.errors import AetoolError, SettingError, first_line
 
 WORKER_MEMORY = 1 << 30  # bytes one worker is assumed to need (see the module's docstring)
 PARENT_ENV = "AETOOL_SEARCH_PARENT"
@@ -83,16 +87,57 @@ def worker_limit() -> tuple[int, str]:
     return max(1, limit), why
 
 
-def start_workers(command: list[str], count: int) -> list[subprocess.Popen]:
-    """Start `count` processes running `command` (quiet; errors on stderr), each told to end
-    with this process (`follow_parent`). If one cannot be started, those already started are
-    stopped and an AetoolError says so."""
+def check_workers(workers: int, threads: int | None = None) -> None:
+    """At least one worker and no more than `worker_limit()`; threads, if given, at least 1.
+    A `SettingError` names the first bad one."""
+    if workers < 1:
+        raise SettingError("workers", f"workers must be at least 1, got {workers}.")
+    limit, why = worker_limit()
+    if workers > limit:
+        raise SettingError("workers", f"workers must be at most {limit} on this machine "
+                           f"({why}), got {workers}.")
+    if threads is not None and threads < 1:
+        raise SettingError("threads", f"threads must be at least 1, got {threads}.")
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int | None:
+    """Each worker's PyTorch CPU threads: `threads` if given; else, with several workers, an
+    equal share of the cores; else None (leave PyTorch's setting)."""
+    if threads is None and workers > 1:
+        return max(1, cpu_cores() // workers)
+    return threads
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's intra-op CPU threads set to `threads` (None: unchanged), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def start_workers(command: list[str], count: int,
+                  settings: str | None = None) -> list[subprocess.Popen]:
+    """Start `count` processes running `command` (no stdout; errors on stderr), each given
+    `settings` on its stdin (if any) and told to end with this process (`follow_parent`).
+    If one cannot be started, those already started are stopped and an AetoolError says so."""
     env = {**os.environ, PARENT_ENV: str(os.getpid())}
     started: list[subprocess.Popen] = []
     try:
         for _ in range(count):
-            started.append(subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, env=env))
+            helper = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL if settings is None else subprocess.PIPE,
+                stdout=subprocess.DEVNULL, env=env, text=True)
+            started.append(helper)
+            if settings is not None:
+                helper.stdin.write(settings)  # a few hundred bytes: the pipe holds them
+                helper.stdin.close()
     except BaseException as exc:
         for helper in started:
             helper.terminate()
@@ -103,6 +148,20 @@ def start_workers(command: list[str], count: int) -> list[subprocess.Popen]:
                               f"more: {first_line(exc)}.") from None
         raise
     return started
+
+
+def stop_workers(helpers: list[subprocess.Popen], stop: bool = False) -> None:
+    """Wait for the helper workers (they finish with the grid); with `stop` (this worker
+    stopped early) stop them first, so their trials are failed and retried by the next
+    search. A helper that ended otherwise than done or stopped is a warning."""
+    if stop:
+        for helper in helpers:
+            if helper.poll() is None:
+                helper.terminate()
+    for helper in helpers:
+        if helper.wait() not in (0, 130, -signal.SIGTERM):
+            warnings.warn(f"Search worker {helper.pid} ended with exit code "
+                          f"{helper.returncode}.", RuntimeWarning, stacklevel=2)
 
 
 def _parent_death_signal() -> bool:

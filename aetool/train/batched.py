@@ -53,8 +53,9 @@ from aetool.train.fast import make_train_epoch
 from aetool.train.fast.precision import Precision
 from aetool.train.step import evaluate
 
-# Called after every epoch with the number of model-epochs just finished (M for a batch).
-ProgressFn = Callable[[int], None]
+# Called after every epoch with the number of model-epochs just finished (M for a batch): a
+# counter the search turns into its `ProgressEvent`s (not a `ProgressFn`).
+EpochsDoneFn = Callable[[int], None]
 
 EVAL_BATCH = 2000  # images per evaluation batch, as `training.evaluate` uses
 EVAL_ELEMENTS = 1 << 15  # at most this many images (over all models) per batched evaluation
@@ -103,7 +104,7 @@ def train_sequential(
     jobs: Sequence[TrainJob],
     images: torch.Tensor,
     epochs: int,
-    progress: ProgressFn | None = None,
+    progress: EpochsDoneFn | None = None,
     mode: str = "eager",
 ) -> list[Curves]:
     """Train the jobs one after another with `steps.train_epoch` (or the epoch of the training
@@ -282,7 +283,7 @@ def train_batched(
     jobs: Sequence[TrainJob],
     images: torch.Tensor,
     epochs: int,
-    progress: ProgressFn | None = None,
+    progress: EpochsDoneFn | None = None,
 ) -> list[Curves]:
     """Train all jobs together (same ED and batch size) on `images.device`; same results as
     `train_sequential` up to rounding."""
@@ -402,7 +403,7 @@ def train_models(
     jobs: Sequence[TrainJob],
     images: torch.Tensor,
     epochs: int,
-    progress: ProgressFn | None = None,
+    progress: EpochsDoneFn | None = None,
 ) -> list[Curves]:
     """The batched path for several models (when their model can be batched), the plain loop
     for one, and for models that cannot be batched (with a one-line warning saying why)."""

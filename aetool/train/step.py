@@ -3,13 +3,13 @@ batched models, the fast modes, the noise table) shares.
 
 `train_epoch` is the reference epoch: one pass over device-resident uint8 images in a seeded
 random order, the mean squared error against the clean images, one Adam step per batch.
-`aetool.train.fast` makes faster epochs with the same meaning (the `TrainEpoch` protocol).
+`aetool.train.fast` makes faster epochs with the same meaning (`train_epoch`'s signature).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -104,17 +104,3 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device if device.type != "mps" else "cpu")
     return generator.manual_seed(seed)
 
-
-class TrainEpoch(Protocol):
-    """An epoch function: `train_epoch`'s signature and meaning; returns the mean loss."""
-
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        batch_size: int,
-        shuffle: torch.Generator,
-        noise: NoiseFn | None = None,
-        noise_generator: torch.Generator | None = None,
-    ) -> float: ...

@@ -41,7 +41,6 @@ from aetool.train.loop import fit
 
 runner = CliRunner()
 cli_fit = importlib.import_module("aetool.cli.fit")
-cli_search = importlib.import_module("aetool.cli.search")
 BUILTINS = {"gaussian", "uniform", "occlusion"}
 # One grid point, 2 folds of 10 images, 1 epoch: a search that finishes in seconds, so that a
 # value the search wrongly accepts fails the test quickly instead of running a real search.
@@ -191,11 +190,12 @@ def test_thread_counts_are_checked_for_every_command(value, workspace):
 
 def test_more_workers_than_the_machine_holds_exit_2_naming_the_limit(fake_data_dir, workspace,
                                                                       monkeypatch):
+    from aetool.search import grid, workers
+
     started = []
-    monkeypatch.setattr(cli_search, "start_workers",
-                        lambda *args, **kwargs: started.append(args) or [])
-    limit, why = cli_search.worker_limit()
-    assert 1 <= limit <= cli_search.cpu_cores() and why
+    monkeypatch.setattr(grid, "start_helpers", lambda *args, **kwargs: started.append(args) or [])
+    limit, why = workers.worker_limit()
+    assert 1 <= limit <= workers.cpu_cores() and why
     result = invoke("search", "--workers", "1000", *TINY, "--data-dir", fake_data_dir)
     one_sentence(result, 2, "--workers", f"at most {limit}", "1000")
     assert not started and not workspace.exists()
@@ -237,12 +237,11 @@ def _state(pid: int) -> str | None:
 PARENT = """
 import sys, time
 from pathlib import Path
-from aetool.cli.search import start_workers
-from aetool.search.grid import SearchConfig
+from aetool.search.grid import SearchConfig, start_helpers
 
 config = SearchConfig(eds=[3], lrs=[1e-2], weight_decays=[1e-5], folds=2, epochs=100000,
                       batch_size=50, val_size=100, limit=200, max_loss=1.0, device="cpu")
-helpers = start_workers(config, Path(sys.argv[1]), Path(sys.argv[2]), 1, 1)
+helpers = start_helpers(config, Path(sys.argv[1]), Path(sys.argv[2]), 1, 1)
 print(helpers[0].pid, flush=True)
 time.sleep(600)
 """

@@ -56,6 +56,65 @@ def test_quiet_prints_nothing_and_every_update_with_interval_zero():
     assert len(lines) == 3 and lines[-1].startswith("corrupt: 3/3")
 
 
+def test_the_library_progress_events_are_shown_by_one_renderer():
+    """`Progress` is the library's `ProgressFn`: each `ProgressEvent` moves the line of its
+    task (added with its first event unless `add` made it), in the format above."""
+    from aetool.errors import ProgressEvent
+
+    clock, lines = FakeClock(), []
+    with Progress(live=False, interval=0, write=lines.append, clock=clock) as progress:
+        progress.add("search", total=8, unit="models")
+        clock.now += 3
+        progress(ProgressEvent("search", 2, 8, "ED 3: 2 settings x 2 folds", "models"))
+        progress(ProgressEvent("embed", 0, 2, unit="runs", name="ed4"))
+        clock.now += 3
+        progress(ProgressEvent("embed", 1, 2, unit="runs", name="ed8"))
+    assert lines == ["search: models 2/8  ED 3: 2 settings x 2 folds  elapsed 0:03  eta 0:09",
+                     "embed ed4: runs 0/2  elapsed 0:00  eta ?",
+                     "embed ed8: runs 1/2  elapsed 0:03  eta 0:03"]
+    assert [t.description for t in progress.tasks] == ["search", "embed ed8"]
+
+
+def test_a_data_set_loader_may_tell_downloads_either_way():
+    """A loader's `progress` takes a `ProgressEvent`, or the older `(label, done, total)`."""
+    from aetool.data.registry import loader_progress
+    from aetool.errors import ProgressEvent
+
+    events = []
+    tell = loader_progress(events.append)
+    tell("a.gz", 10, 100)
+    tell(ProgressEvent("download a.gz", 100, 100, unit="bytes"))
+    assert events == [ProgressEvent("download a.gz", 10, 100, unit="bytes"),
+                      ProgressEvent("download a.gz", 100, 100, unit="bytes")]
+    assert loader_progress(None) is None
+
+
+def test_corrupt_and_embed_report_with_the_protocol(fake_data, fake_data_dir, tmp_path):
+    """corrupt_models and embed_runs tell one `ProgressFn` of each run as it starts and of
+    each row / the end, as `ProgressEvent`s (what the CLI's `Progress` shows)."""
+    from aetool.config import preset_config
+    from aetool.data import split_train_val
+    from aetool.errors import ProgressEvent
+    from aetool.evaluate.corrupt import corrupt_models, run_targets
+    from aetool.evaluate.embed import embed_runs
+    from aetool.noises import parse_noise_specs
+    from aetool.train.loop import fit
+
+    config = preset_config("report", ed=2, max_epochs=1, batch_size=100, device="cpu")
+    fit(config, tmp_path / "ed2", split=split_train_val(fake_data, val_size=100, seed=0))
+    found = [runs.open_run(tmp_path / "ed2")]
+    events = []
+    corrupt_models(run_targets(found, "cpu"), parse_noise_specs(["original", "uniform"]),
+                   data_dir=fake_data_dir, examples=0, on_progress=events.append)
+    embed_runs(found, data_dir=fake_data_dir, on_progress=events.append)
+    assert events == [ProgressEvent("corrupt", 0, 2, "", "rows", "ed2"),
+                      ProgressEvent("corrupt", 1, 2, "original", "rows", "ed2"),
+                      ProgressEvent("corrupt", 2, 2, events[2].status, "rows", "ed2"),
+                      ProgressEvent("embed", 0, 1, unit="runs", name="ed2"),
+                      ProgressEvent("embed", 1, 1, "done", "runs")]
+    assert events[2].status.startswith("uniform")
+
+
 def test_clock_text():
     assert clock_text(5) == "0:05" and clock_text(3725) == "1:02:05" and clock_text(None) == "?"
 

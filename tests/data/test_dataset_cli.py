@@ -240,9 +240,8 @@ def test_study_takes_a_path(tmp_path):
 
 
 def test_search_and_study_take_resize_and_pass_it_on(tmp_path):
-    from aetool.cli.search import worker_command
     from aetool.experiment import StudySettings
-    from aetool.search.grid import SearchConfig
+    from aetool.search.grid import SearchConfig, helper_settings, read_helper_settings
 
     path, ws = write_image_folder(tmp_path / "big", 60, 20, size=32), tmp_path / "ws"
     said = invoke("search", "--dataset", path, "--resize", "--ed", "2", "--lr", "0.01",
@@ -252,7 +251,7 @@ def test_search_and_study_take_resize_and_pass_it_on(tmp_path):
     config = SearchConfig(dataset=str(path), resize=True)
     assert config.protocol()["resize"] is True and "resize" not in SearchConfig().protocol()
     assert config.fit_config(config.grid()[0], "cpu").resize is True
-    assert "--resize" in worker_command(config, ws, None, None)
+    assert read_helper_settings(helper_settings(config, ws, None, None))[0].resize is True
     assert StudySettings(dataset=str(path), resize=True).search_config().resize is True
     refused = invoke("study", "--dataset", "mnist", "--resize", "--runs", tmp_path / "ws2")
     assert refused.exit_code == 2 and "'--resize'" in refused.output

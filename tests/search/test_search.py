@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from aetool import workspace as runs
 from aetool.cli import app
-from aetool.errors import RunError
+from aetool.errors import ProgressEvent, RunError
 from aetool.search import grid as search
 from aetool.search import storage as search_study
 from aetool.search.grid import (
@@ -372,6 +373,59 @@ def test_two_workers_share_one_study_and_split_the_grid(fake_data_dir, workspace
                    if t.state.name == "COMPLETE")
     assert set(pids) == {w.pid for w in workers}, f"one worker did everything: {pids}"
     assert json.loads(outputs[0][0])["eds"] == json.loads(outputs[1][0])["eds"]
+
+
+def test_run_search_starts_its_own_workers_from_python(fake_data_dir, workspace, monkeypatch):
+    """`run_search(..., workers=2)` starts one more worker process itself (no CLI): both claim
+    grid points and the grid is complete. This worker waits, before its second group, until
+    the helper has claimed a point, so both train whatever the machine's speed."""
+    for name, value in guarded_env(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1").items():
+        if os.environ.get(name) != value:
+            monkeypatch.setenv(name, value)  # the helper inherits this process's environment
+    config = tiny_config(parallel=1, lrs=[1e-2, 1e-3, 1e-4])
+    groups = []
+
+    def on_train(group):
+        groups.append(group)
+        deadline = time.monotonic() + 120
+        while len(groups) == 2 and time.monotonic() < deadline and not [
+                t for t in study_trials(config, workspace)
+                if t.system_attrs[search_study.WORKER_ATTR]["pid"] != os.getpid()]:
+            time.sleep(0.2)
+
+    events = []
+    results = run_search(config, workspace, workers=2, threads=1, data_dir=fake_data_dir,
+                         on_train=on_train, on_progress=events.append)
+    assert results["complete"] is True
+    assert events[-1] == ProgressEvent("search", 12, 12, "done", "models")  # the protocol
+    trials = study_trials(config, workspace)
+    table = states_by_point(trials)
+    assert len(table) == 6 and all(c["COMPLETE"] == 1 and c["FAIL"] == 0
+                                   for c in table.values()), table
+    pids = {t.system_attrs[search_study.WORKER_ATTR]["pid"] for t in trials
+            if t.state.name == "COMPLETE"}
+    assert len(pids) == 2 and os.getpid() in pids, f"one worker did everything: {pids}"
+    assert torch.get_num_threads() == 1  # this process's threads are as they were
+
+
+def test_a_helper_reads_its_settings_back_with_their_checks(workspace):
+    """What `run_search` tells a helper on stdin reads back as the same search; anything else
+    is one sentence, and `python -m aetool.search` exits 1 (2 for a bad setting) with it."""
+    from aetool.errors import AetoolError, SettingError
+
+    config = tiny_config(workspace / "s.log", resize=True)
+    text = search.helper_settings(config, workspace, None, 1)
+    assert search.read_helper_settings(text) == (config, workspace.absolute(), None, 1)
+    with pytest.raises(AetoolError, match="not what run_search writes: unknown setting 'nope'"):
+        search.read_helper_settings(text.replace('"folds"', '"nope"'))
+    with pytest.raises(SettingError, match="^Folds must be at least 2"):
+        search.read_helper_settings(text.replace('"folds": 2', '"folds": 1'))
+    for stdin, code in (("garbage", 1), (text.replace('"folds": 2', '"folds": 1'), 2)):
+        done = subprocess.run([sys.executable, "-m", "aetool.search"], input=stdin, text=True,
+                              env=subprocess_env(workspace), capture_output=True, timeout=120)
+        assert done.returncode == code and done.stdout == "", done.stderr
+        assert done.stderr.startswith("Error in search worker ") and \
+            len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_two_workers_claiming_one_point_at_once_train_it_once(
