@@ -136,6 +136,11 @@ def test_speed_figures_match_the_committed_results():
     assert first_compile and first_compile.group(1) == f"{contenders[2]['first_epoch_seconds']:.0f}"
 
     batch128 = cited(text, "speed-cpu-batch128-")
+    for result in (batch1000, batch128):  # the figures come from an idle machine
+        load = result["environment"].get("load_average_at_start")
+        assert load is not None and load[0] < 0.5 and not result["environment"]["busy"]
+    assert "refuses to start at a 1-minute load average of 0.5 or more" in " ".join(text.split())
+    checked.add("0.5")
     small = {r["mode"]: r for r in batch128["results"]["results"] if r.get("mode")}
     assert batch128["results"]["batch_size"] == 128
     assert f"`{batch128['environment']['command']}`" in text
