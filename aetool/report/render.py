@@ -212,6 +212,7 @@ def loss_plot(histories: list[tuple[str, list[dict[str, Any]], int | None]]) -> 
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8.0, 4.2), dpi=PLOT_DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -228,6 +229,7 @@ def loss_plot(histories: list[tuple[str, list[dict[str, Any]], int | None]]) -> 
         if best_epoch and best_epoch <= len(val) and val[best_epoch - 1] is not None:
             ax.plot([best_epoch], [val[best_epoch - 1]], marker="o", color=color, markersize=5)
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5 tick
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE per pixel (log scale)")
     ax.grid(alpha=0.3, which="both")

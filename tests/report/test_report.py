@@ -534,3 +534,24 @@ def test_page_renders_in_headless_chromium(full_workspace, tmp_path):
     assert all(f'id="{s}"' in dom for s in ALL_SECTIONS)
     console = [line for line in done.stderr.splitlines() if BROWSER_PROBLEM.search(line)]
     assert not console, "\n".join(console)
+
+
+def test_the_loss_plot_marks_whole_epochs_only(monkeypatch):
+    """A short run's loss plot has ticks at whole epochs (1, 2, 3), never at 1.5 or 2.5."""
+    from matplotlib.figure import Figure
+
+    from aetool.report.render import loss_plot
+
+    ticks = []
+    real_savefig = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        low, high = ax.get_xlim()
+        ticks.extend(t for t in ax.get_xticks() if low <= t <= high)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    history = [{"epoch": e, "train_loss": 0.05 / e, "val_loss": 0.06 / e} for e in range(1, 6)]
+    assert loss_plot([("ED=4", history, 5)]).startswith("data:image/png;base64,")
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
