@@ -360,3 +360,30 @@ def test_search_workers_figures_match_the_committed_results():
     assert f"{one} s for one worker with `--threads 2`" in flat
     assert cpu_words(result["environment"])[0] in flat
     assert unaccounted(text, {two, one}) == [], "figures without a result file behind them"
+
+
+def test_precision_figures_match_the_committed_results():
+    """fit.md's account of bf16-mixed against 32 is the committed precision checks': every
+    percentage, the epochs, the images and which side of float32 bf16 ended on."""
+    text = section(DOCS / "fit.md", "## Precision", "## The run folder")
+    flat = " ".join(text.split())
+    names = sorted(set(re.findall(r"benchmarks/results/(precision_check-[\w.-]*\.json)", text)))
+    assert len(names) == 2, names
+    rows = {}
+    for name in names:
+        result = json.loads((RESULTS / name).read_text())["results"]
+        for row in result["rows"]:
+            rows[(row["model"], row["ed"])] = (row, result["train_images"])
+    expected = set()
+    for (model, _ed), (row, images) in rows.items():
+        expected |= {round(abs(row["relative_gap"]) * 100), round(abs(row["seed_gap"]) * 100)}
+        assert f"{row['epochs']} epochs of `{model}`" in flat
+        assert (images is None) == (model == "course")  # course on all of MNIST
+        if images is not None:
+            assert f"on {images:,} images" in flat
+    course = [rows[("course", ed)][0]["relative_gap"] for ed in (4, 32)]
+    assert all(g < 0 for g in course) and "below* `32` at ED 4 and 32" in flat
+    wide = [rows[("wide", ed)][0]["relative_gap"] for ed in (4, 32)]
+    assert all(g > 0 for g in wide)
+    said = {int(p) for p in re.findall(r"(\d+)%", flat)} - {1}  # 1%: the criterion
+    assert said == expected, (said, expected)
