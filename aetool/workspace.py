@@ -244,6 +244,20 @@ def _read_note(path: Path) -> dict[str, Any]:
     return clean
 
 
+def holder_command(argv: list[str] | None = None) -> str:
+    """What holds a lock, as another process that wants it is told: `aetool fit` for the
+    command line (`aetool search worker` for a search's helper), else the program
+    (`precision_check.py`, `pytest`), or `python` for `python -c` and the interpreter."""
+    argv = sys.argv if argv is None else argv
+    path = Path(argv[0]) if argv and argv[0] else Path()
+    if path.name == "aetool":
+        return " ".join(["aetool", *argv[1:2]])
+    if path.name == "__main__.py" and "aetool" in path.parts:
+        package = path.parts[len(path.parts) - 1 - path.parts[::-1].index("aetool") + 1:-1]
+        return " ".join(["aetool", *package, "worker"] if package else ["aetool", *argv[1:2]])
+    return path.name if path.name not in ("", "-c", "-") else "python"
+
+
 def _lock_path_problem(path: Path) -> str | None:
     """Why `path` cannot be aetool's lock file (a link, a folder...), or None when it can."""
     try:
@@ -304,8 +318,7 @@ class RunLock:
             warnings.warn(f"{self.what} was locked by process {note['pid']}, which stopped "
                           "without releasing it; taking it over.", RunWarning, stacklevel=2)
         _held[key] = [lock, 1]
-        mine = {"pid": os.getpid(), "host": _host(),
-                "command": " ".join(["aetool", *sys.argv[1:2]])}
+        mine = {"pid": os.getpid(), "host": _host(), "command": holder_command()}
         try:
             save_json(self.note, mine)
         except AetoolError:

@@ -51,7 +51,7 @@ def test_two_fits_on_one_name_one_trains_the_other_is_refused(sandbox, fake_data
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err.decode()  # stopped by us, not by the second one
     assert second.returncode == 1, second.stderr
-    assert f"in use by process {first.pid}" in second.stderr
+    assert f"in use by process {first.pid} (aetool fit)" in second.stderr
     assert "Traceback" not in second.stderr
     saved = json.loads((workspace / "same" / runs.CONFIG).read_text())
     assert saved["ed"] == 4 and len(json.loads(history.read_text())) >= 1
@@ -110,10 +110,40 @@ def test_a_waiting_lock_gets_its_turn(tmp_path):
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunError, match=f"in use by process {holder.pid}"):
+        with pytest.raises(RunError, match=rf"in use by process {holder.pid} \(python\)"):
             runs.RunLock(tmp_path, "search", "The search results").acquire()
         tic = time.monotonic()
         with runs.RunLock(tmp_path, "search", "The search results", wait=30):
             assert time.monotonic() - tic < 30
     finally:
+        holder.wait(timeout=30)
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["/venv/bin/aetool", "fit", "--ed", "4"], "aetool fit"),
+    (["/site-packages/aetool/__main__.py", "corrupt"], "aetool corrupt"),
+    (["/site-packages/aetool/search/__main__.py"], "aetool search worker"),
+    (["benchmarks/precision_check.py", "--models", "wide"], "precision_check.py"),
+    (["-c"], "python"),
+    ([""], "python"),
+])
+def test_a_lock_says_which_program_holds_it(argv, said):
+    """The note beside a lock names the command or program that holds it: a benchmark script
+    that took a run's lock was named `aetool --models` (its first argument)."""
+    assert runs.holder_command(argv) == said
+
+
+def test_a_script_holding_a_lock_is_named_in_the_refusal(tmp_path):
+    script = tmp_path / "hold.py"
+    script.write_text("import time\nfrom aetool import workspace\n"
+                      f"lock = workspace.RunLock({str(tmp_path)!r}, 'r').acquire()\n"
+                      "print('locked', flush=True)\ntime.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, str(script), "--flag"], stdout=subprocess.PIPE,
+                              text=True, env=guarded_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=rf"in use by process {holder.pid} \(hold\.py\)"):
+            runs.RunLock(tmp_path, "r").acquire()
+    finally:
+        holder.kill()
         holder.wait(timeout=30)
