@@ -131,6 +131,16 @@ def copy_runs(source: Path, target: Path, *names: str) -> Path:
     return target
 
 
+class FakeClock:
+    """A clock the test moves by hand (`clock.now += 4`), for progress lines and time budgets."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Said:
     """A command's result, its output with Rich's panel borders and line wrapping undone."""
 
