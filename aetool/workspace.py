@@ -253,7 +253,8 @@ def holder_command(argv: list[str] | None = None) -> str:
     if path.name == "aetool":
         return " ".join(["aetool", *argv[1:2]])
     if path.name == "__main__.py" and "aetool" in path.parts:
-        package = path.parts[len(path.parts) - 1 - path.parts[::-1].index("aetool") + 1:-1]
+        top = max(i for i, part in enumerate(path.parts) if part == "aetool")
+        package = path.parts[top + 1:-1]  # () for aetool/__main__.py, ("search",) for its worker
         return " ".join(["aetool", *package, "worker"] if package else ["aetool", *argv[1:2]])
     return path.name if path.name not in ("", "-c", "-") else "python"
 
