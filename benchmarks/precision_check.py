@@ -41,9 +41,10 @@ WITHIN = 0.01  # bf16-mixed's test MSE may be at most 1% above (or below) float3
 PRECISIONS = ("32", "bf16-mixed")
 
 
-def train(model: str, ed: int, precision: str, args: argparse.Namespace,
-          workspace: Path, seed: int | None = None) -> dict:
-    """Fit (or reuse) one run (`args.seed` unless `seed` is given); its test MSE and time."""
+def train(model: str, ed: int, precision: str, args: argparse.Namespace, workspace: Path,
+          split: Split | None, seed: int | None = None) -> dict:
+    """Fit (or reuse) one run (`args.seed` unless `seed` is given) on `split` (None: the
+    configured data set's usual split); its test MSE and time."""
     batch = args.batch_size or BATCH[model.split(":")[0]]
     seed = args.seed if seed is None else seed
     config = training.run_config(args.preset, ed=ed, model=model, precision=precision,
@@ -57,7 +58,7 @@ def train(model: str, ed: int, precision: str, args: argparse.Namespace,
     print(f"{model} ED {ed} {precision}: training {args.epochs} epochs", file=sys.stderr,
           flush=True)
     result = training.fit_run(config, workspace, name, existing="continue",
-                              data_dir=args.data_dir, split=_fewer_images(config, args))
+                              data_dir=args.data_dir, split=split)
     return {"test_mse": result.test_mse, "epochs": len(result.history),
             "train_seconds": result.seconds, "batch_size": batch}
 
@@ -78,13 +79,14 @@ def _fewer_images(config: FitConfig, args: argparse.Namespace) -> Split | None:
                  split.test_labels)
 
 
-def compare(model: str, ed: int, args: argparse.Namespace, workspace: Path) -> dict:
-    runs = {p: train(model, ed, p, args, workspace) for p in PRECISIONS}
+def compare(model: str, ed: int, args: argparse.Namespace, workspace: Path,
+            split: Split | None) -> dict:
+    runs = {p: train(model, ed, p, args, workspace, split) for p in PRECISIONS}
     fp32, bf16 = runs["32"]["test_mse"], runs["bf16-mixed"]["test_mse"]
     gap = bf16 / fp32 - 1
     row = {}
     if args.control_seed is not None:  # how far float32 itself moves with another seed
-        control = train(model, ed, "32", args, workspace, seed=args.control_seed)
+        control = train(model, ed, "32", args, workspace, split, seed=args.control_seed)
         runs[f"32-seed{args.control_seed}"] = control
         seed_gap = control["test_mse"] / fp32 - 1
         row = {"seed_gap": seed_gap, "within_seed_spread": abs(gap) <= abs(seed_gap)}
@@ -127,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     eds = [int(e) for e in args.eds.split(",")]
     with tempfile.TemporaryDirectory() as temp:
         workspace = Path(args.workspace or temp)
-        rows = [compare(m, ed, args, workspace) for m in models for ed in eds]
+        # every run's data: the same split (the data set, validation size and split seed do
+        # not change between runs), loaded and checked once, before the first run starts
+        split = _fewer_images(training.run_config(args.preset, device=args.device,
+                                                  val_size=args.val_size), args)
+        rows = [compare(m, ed, args, workspace, split) for m in models for ed in eds]
     device = resolve_device(args.device)
     results = {"rows": rows, "all_within_1_percent": all(r["within_1_percent"] for r in rows),
                "preset": args.preset, "smoke": args.smoke,
@@ -160,6 +166,6 @@ def _split_specs(text: str) -> list[str]:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except AetoolError as exc:
+    except AetoolError as exc:  # a bad option (SettingError) exits 2, a problem found later 1
         print(exc, file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(exc, SettingError) else 1)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from fsguard import guarded_env
 
 from aetool.errors import AetoolError, SettingError
 
@@ -259,3 +261,14 @@ def test_precision_check_trains_on_the_first_n_images_of_the_usual_split(
         assert r["within_seed_spread"] == (abs(r["relative_gap"]) <= abs(r["seed_gap"]))
     with pytest.raises(SettingError, match="--train-images must be from 1"):
         check.main(args[:-3] + ["100000"])
+
+
+def test_precision_check_refuses_too_many_training_images_in_one_sentence(fake_data_dir):
+    script = ROOT / "benchmarks" / "precision_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--device", "cpu", "--data-dir",
+         str(fake_data_dir), "--results", "", "--train-images", "100000"],
+        capture_output=True, text=True, timeout=120, env=guarded_env(OMP_NUM_THREADS="1"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("--train-images must be from 1 to")
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
