@@ -33,6 +33,7 @@ from aetool import workspace as runs
 from aetool.config import settings_differ
 from aetool.devices import resolve_device
 from aetool.errors import AetoolError
+from aetool.train import budget
 from aetool.train import loop as training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +49,7 @@ MODEL_TARGET_TEST_MSE = {**TARGET_TEST_MSE, 4: 0.0200, 8: 0.0110}
 DEFAULT_PRESET = "best"
 SETTINGS = (
     "lr", "weight_decay", "batch_size", "max_epochs", "schedule", "warmup_epochs", "patience",
-    "tolerance",
+    "tolerance", "val_size", "time_budget",
 )
 
 
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="the architecture (`aetool models`)")
     parser.add_argument("--val-size", type=int, default=None,
                         help="validation images (default 10,000; for small data sets)")
+    parser.add_argument("--time", default=None,
+                        help="a time budget for each run (like fit --time: 90m, 2h); the "
+                        "epochs are chosen to fit it, at most the preset's or --max-epochs")
     parser.add_argument("--every", type=int, default=25, help="log every N epochs")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
     parser.add_argument("--results", default=str(RESULTS_DIR),
@@ -156,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    try:
+        time_budget = None if args.time is None else budget.parse_duration(args.time)
+    except ValueError as exc:
+        print(f"Error: --time: {exc}.", file=sys.stderr)
+        return 2
     eds = [int(e) for e in args.eds.split(",") if e.strip()]
     unknown = [e for e in eds if e not in REPORT_TEST_MSE]
     if unknown:
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "weight_decay": args.weight_decay, "batch_size": args.batch_size,
         "schedule": args.schedule, "patience": args.patience, "seed": args.seed,
         "warmup_epochs": args.warmup_epochs, "val_size": args.val_size, "model": args.model,
+        "time_budget": time_budget,
     }
     tic = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aetool-accuracy-") as tmp:

@@ -58,6 +58,25 @@ def test_accuracy_trains_reuses_and_refuses_other_settings(
         accuracy.main([*args[:5], "50", *args[6:]])
 
 
+def test_accuracy_trains_to_a_time_budget_and_refuses_a_bad_one(
+    fake_data_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("AETOOL_DATA", str(fake_data_dir))
+    accuracy = load_script("accuracy")
+    args = ["--eds", "4", "--time", "20s", "--max-epochs", "3", "--batch-size", "100",
+            "--val-size", "100", "--device", "cpu", "--workspace", str(tmp_path), "--json",
+            "--results", ""]
+    assert accuracy.main(args) == 2
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["settings"]["time_budget"] == 20.0 and row["settings"]["val_size"] == 100
+    assert 1 <= row["epochs"] <= 3 and row["settings"]["max_epochs"] == row["epochs"]
+    config = json.loads((tmp_path / "accuracy-best-ed4" / "config.json").read_text())
+    assert config["time_budget"] == 20.0
+
+    assert accuracy.main(["--eds", "4", "--time", "soon", "--results", ""]) == 2
+    assert "--time: 'soon' is not a duration" in capsys.readouterr().err
+
+
 def test_speed_times_the_plain_loop_and_aetool(fake_data_dir, capsys, tmp_path):
     speed = load_script("speed")
     args = ["--device", "cpu", "--epochs", "1", "--batch-size", "100", "--modes", "auto,eager",
