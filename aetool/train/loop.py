@@ -50,6 +50,7 @@ from aetool.train.step import (  # noqa: F401 (re-exported: they used to live he
     NoiseFn,
     evaluate,
     make_generator,
+    mean_image_mse,
     train_epoch,
 )
 
@@ -274,12 +275,35 @@ def _load_split(plan: FitPlan, split: Split | None, data_dir: Path | str | None,
     return split_train_val(data, config.val_size, config.split_seed), data.checksum
 
 
+COLLAPSE_STEPS = 1000  # a model no better than the mean image after this many steps is stuck
+
+
+def collapse_check_epoch(train_images: int, batch_size: int) -> int:
+    """The epoch after which a run is checked for collapse: the first to reach
+    `COLLAPSE_STEPS` optimizer steps, and at least the second."""
+    steps_per_epoch = max(math.ceil(train_images / batch_size), 1)
+    return max(2, math.ceil(COLLAPSE_STEPS / steps_per_epoch))
+
+
+def _warn_if_collapsed(epoch: int, val_loss: float, val_images: torch.Tensor) -> None:
+    """Warn when the validation loss is no better than the mean image's: such a run rarely
+    recovers, and a long one would spend hours there."""
+    baseline = mean_image_mse(val_images)
+    if baseline > 0 and val_loss >= 0.99 * baseline:
+        warnings.warn(
+            f"After {epoch} epochs the validation loss ({val_loss:.5f}) is no better than the "
+            f"mean image's ({baseline:.5f}): the model reconstructs every image alike and has "
+            "likely collapsed. Stop it and start again with another seed or a lower learning "
+            "rate.", runs.RunWarning, stacklevel=2)
+
+
 def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, noise: NoiseFn | None,
                 device: torch.device, mode: str, on_epoch: EpochCallback | None) -> bool:
     """Train from where `t` stands to the end or an early stop; returns whether it stopped
     early. Each finished epoch goes to `writer` before `on_epoch` hears of it."""
     run_epoch = make_train_epoch(t.model, t.optimizer, device, mode, config.precision)
     t.mode = run_epoch.mode
+    check_epoch = collapse_check_epoch(split.train.shape[0], config.batch_size)
     stopped_early = should_stop([r.val_loss for r in t.history], config.patience, config.tolerance)
     for epoch in range(len(t.history), config.max_epochs):
         if stopped_early:
@@ -300,6 +324,8 @@ def _run_epochs(config: FitConfig, t: _Training, split: Split, writer: Any, nois
                 "learning rate."
             )
         t.elapsed += seconds
+        if epoch + 1 == check_epoch:
+            _warn_if_collapsed(epoch + 1, val_loss, split.val)
         record = EpochRecord(epoch + 1, train_loss, val_loss, lr, seconds)
         t.history.append(record)
         improved = val_loss < t.best_val

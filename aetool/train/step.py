@@ -49,6 +49,16 @@ def evaluate(
     return (total / images[:1].numel() / images.shape[0]).item()
 
 
+@torch.no_grad()
+def mean_image_mse(images: torch.Tensor) -> float:
+    """The error of the best reconstruction that ignores its input: every image replaced by the
+    mean image of uint8 `images` (the per-pixel variance, averaged). A model whose loss stays
+    there has learned nothing about the images (it has collapsed)."""
+    dtype = torch.float32 if images.device.type == "mps" else torch.float64
+    pixels = images.reshape(images.shape[0], -1).to(dtype) / 255
+    return pixels.var(dim=0, unbiased=False).mean().item()
+
+
 def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
+from aetool import plugins
 from aetool import workspace as runs
 from aetool.errors import AetoolError, RunError
+from aetool.models import Model
+from aetool.plugins.hookspecs import hookimpl
 from aetool.train.loop import (
     DEFAULT_PRESET,
     FitConfig,
+    collapse_check_epoch,
     fit,
     learning_rate,
     preset_config,
     resume_config,
     should_stop,
 )
+from aetool.train.step import mean_image_mse
 
 
 def small(preset: str = "report", **overrides) -> FitConfig:
@@ -80,6 +86,68 @@ def test_best_checkpoint_is_the_lowest_validation_loss(fake_split, tmp_path):
     from aetool.train.loop import evaluate
 
     assert evaluate(model, fake_split.val) == pytest.approx(min(vals), rel=1e-5)
+
+
+class _MeanImage(torch.nn.Module):
+    """An autoencoder that has collapsed: its reconstruction ignores the code, so the best it
+    can learn is the mean image."""
+
+    def __init__(self, ed: int) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, ed))
+        self.image = torch.nn.Parameter(torch.zeros(1, 1, 28, 28))
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return torch.sigmoid(self.image + 0 * z.sum(1).view(-1, 1, 1, 1))
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+class _MeanImagePlugin:
+    @hookimpl
+    def register_models(self, register):
+        register(Model("test-mean-image", "reconstructs every image as one learned image",
+                       _MeanImage))
+
+
+@pytest.fixture()
+def mean_image_model():
+    plugins.load_plugins()
+    plugin = _MeanImagePlugin()
+    plugins.pm.register(plugin, name="test-mean-image")
+    yield "test-mean-image"
+    plugins.pm.unregister(plugin)
+
+
+def test_a_model_still_at_the_mean_image_after_1000_steps_is_called_collapsed(
+        fake_split, tmp_path, mean_image_model):
+    """A wide:depth=6 run at ED 8 sat at the mean image's error from its first epoch on and
+    would have spent two hours there (benchmarks/README.md): the loop says so once, after the
+    epoch that reaches 1000 steps (here 20 of 50 steps), and trains on; a model that learns is
+    not warned about."""
+    assert collapse_check_epoch(500, 10) == 20 and collapse_check_epoch(58_000, 128) == 3
+    assert collapse_check_epoch(500, 100) == 200 and collapse_check_epoch(10**6, 128) == 2
+    with pytest.warns(runs.RunWarning, match=r"^After 20 epochs the validation loss \(0\.\d+\) "
+                      r"is no better than the mean image's \(0\.\d+\)") as caught:
+        fit(small(max_epochs=22, batch_size=10, lr=0.05, model=mean_image_model),
+            tmp_path / "m", split=fake_split)
+    assert len([w for w in caught if issubclass(w.category, runs.RunWarning)]) == 1
+    assert json.loads((tmp_path / "m" / runs.METRICS).read_text())["epochs"] == 22
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runs.RunWarning)
+        result = fit(small(max_epochs=20, batch_size=10, lr=1e-3), tmp_path / "c",
+                     split=fake_split)
+    assert result.history[-1].val_loss < mean_image_mse(fake_split.val)
+
+
+def test_mean_image_mse_is_the_per_pixel_variance():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 1, 28, 28)
+    assert mean_image_mse(images.contiguous()) == pytest.approx(0.25)
+    assert mean_image_mse(torch.full((3, 1, 28, 28), 7, dtype=torch.uint8)) == 0.0
 
 
 def test_early_stopping_rule():
