@@ -247,3 +247,26 @@ def fresh_plugins():
     plugins.reset_plugins()
     yield plugins.pm
     plugins.reset_plugins()
+
+
+@pytest.fixture()
+def plugin():
+    """Register throwaway plugin objects for one test: `plugin(name, register_models=f, ...)`,
+    each keyword a hook implementation; all are unregistered afterwards."""
+    import types
+
+    from aetool import plugins
+    from aetool.plugins.hookspecs import hookimpl
+
+    plugins.load_plugins()
+    added = []
+
+    def register(name: str, **hooks):
+        obj = types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
+        plugins.pm.register(obj, name=name)
+        added.append(obj)
+        return obj
+
+    yield register
+    for obj in added:
+        plugins.pm.unregister(obj)

@@ -25,6 +25,11 @@ NoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 BackwardFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """float64 keeps sums over 10,000 images exact; MPS has no float64, so float32 there."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -38,8 +43,7 @@ def evaluate(
     Always in float32 (whatever precision the model was trained in), summed in float64."""
     was_training = model.training
     model.eval()
-    # float64 keeps the sum exact over 10,000 images; MPS has no float64, so float32 there.
-    dtype = torch.float32 if images.device.type == "mps" else torch.float64
+    dtype = _exact_dtype(images.device)
     total = torch.zeros((), device=images.device, dtype=dtype)
     for start in range(0, images.shape[0], batch_size):
         clean = to_float(images[start : start + batch_size])
@@ -54,8 +58,7 @@ def mean_image_mse(images: torch.Tensor) -> float:
     """The error of the best reconstruction that ignores its input: every image replaced by the
     mean image of uint8 `images` (the per-pixel variance, averaged). A model whose loss stays
     there has learned nothing about the images (it has collapsed)."""
-    dtype = torch.float32 if images.device.type == "mps" else torch.float64
-    pixels = images.reshape(images.shape[0], -1).to(dtype) / 255
+    pixels = images.reshape(images.shape[0], -1).to(_exact_dtype(images.device)) / 255
     return pixels.var(dim=0, unbiased=False).mean().item()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import types
 import warnings
 from pathlib import Path
 from urllib.error import URLError
@@ -16,13 +15,12 @@ import torch
 from conftest import fake_images, write_fake_mnist
 from dataset_files import CLASSES, write_idx_folder, write_image_folder, write_npz
 
-from aetool import data, plugins
+from aetool import data
 from aetool.data import check_unchanged, idx_bytes, load_dataset, resolve_dataset
 from aetool.data.files import DataWarning
 from aetool.data.registry import Dataset, DatasetArrays, describe_datasets, registered_datasets
 from aetool.errors import DataError, DataSettingError
 from aetool.plugins import PluginWarning
-from aetool.plugins.hookspecs import hookimpl
 
 BUILT_INS = ["mnist", "fashion-mnist", "kmnist", "emnist", "emnist-letters"]
 
@@ -44,23 +42,6 @@ def test_mnist_s_checksum_is_what_it_was(fake_data_dir):
         old.update(t.numpy().tobytes())
     assert loaded.checksum == old.hexdigest()
     assert loaded.train_labels.dtype == torch.int64 and loaded.classes[0] == "0"
-
-
-@pytest.fixture()
-def plugin():
-    """Register throwaway plugin objects for one test."""
-    plugins.load_plugins()
-    added = []
-
-    def register(name: str, **hooks):
-        obj = types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
-        plugins.pm.register(obj, name=name)
-        added.append(obj)
-        return obj
-
-    yield register
-    for obj in added:
-        plugins.pm.unregister(obj)
 
 
 def tiny_arrays(root, progress=None) -> DatasetArrays:

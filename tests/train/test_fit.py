@@ -8,11 +8,9 @@ import warnings
 import pytest
 import torch
 
-from aetool import plugins
 from aetool import workspace as runs
 from aetool.errors import AetoolError, RunError
 from aetool.models import Model
-from aetool.plugins.hookspecs import hookimpl
 from aetool.train.loop import (
     DEFAULT_PRESET,
     FitConfig,
@@ -107,20 +105,11 @@ class _MeanImage(torch.nn.Module):
         return self.decode(self.encode(x))
 
 
-class _MeanImagePlugin:
-    @hookimpl
-    def register_models(self, register):
-        register(Model("test-mean-image", "reconstructs every image as one learned image",
-                       _MeanImage))
-
-
 @pytest.fixture()
-def mean_image_model():
-    plugins.load_plugins()
-    plugin = _MeanImagePlugin()
-    plugins.pm.register(plugin, name="test-mean-image")
-    yield "test-mean-image"
-    plugins.pm.unregister(plugin)
+def mean_image_model(plugin):
+    plugin("test-mean-image", register_models=lambda register: register(Model(
+        "test-mean-image", "reconstructs every image as one learned image", _MeanImage)))
+    return "test-mean-image"
 
 
 def test_a_model_still_at_the_mean_image_after_1000_steps_is_called_collapsed(
